@@ -1,0 +1,354 @@
+"""Configuration: one table of settings, loaded from TOML into a frozen :class:`Settings`.
+
+Every key is optional. ``load(path)`` checks each value against its row of :data:`SETTINGS`
+and raises :class:`~dicomnode.errors.ConfigError` naming the key and the problem, e.g.
+``[dicom] aet: longer than 16 characters``. The README's configuration table is tested
+against :data:`SETTINGS`, so a key cannot exist without documentation.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+from dicomnode.errors import ConfigError
+
+#: Operations a remote node may ask of Dolmen (and the access-control vocabulary).
+OPERATIONS = ("echo", "store", "find", "move", "get")
+
+# PS3.5 6.2: AE is at most 16 characters of the default repertoire, no control characters
+# and no backslash; leading/trailing spaces are not significant, so all-spaces is empty.
+_AET_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f]")
+
+
+def check_aet(value: str) -> str | None:
+    """Return the problem with an AE title, or ``None`` when it is valid.
+
+    Parameters
+    ----------
+    value : str
+        The AE title, as typed by the user.
+    """
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value.strip():
+        return "must not be empty or only spaces"
+    if len(value) > 16:
+        return "longer than 16 characters"
+    if _AET_FORBIDDEN.search(value):
+        return "contains a backslash or a control character"
+    if not value.isascii():
+        return "must use ASCII characters only"
+    return None
+
+
+def _check_port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "must be between 1 and 65535"
+
+
+def _check_port_or_zero(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be between 0 and 65535 (0 picks a free port)"
+
+
+def _check_host(value: str) -> str | None:
+    if not value or any(c.isspace() for c in value):
+        return "must be a host name or an IP address"
+    return None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _check_ops(value: list[str]) -> str | None:
+    bad = [v for v in value if v not in OPERATIONS]
+    if bad:
+        return f"unknown operation {bad[0]!r}; choose from {', '.join(OPERATIONS)}"
+    return None
+
+
+def _check_database(value: str) -> str | None:
+    if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        return "must start with sqlite:/// or postgresql://"
+    return None
+
+
+def _check_level(value: str) -> str | None:
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+    return None if value.upper() in levels else f"must be one of {', '.join(levels)}"
+
+
+def _check_pdu(value: int) -> str | None:
+    if value == 0 or 4096 <= value <= 16 * 1024 * 1024:
+        return None
+    return "must be 0 (no limit) or between 4096 and 16777216"
+
+
+def _check_syntaxes(value: list[str]) -> str | None:
+    for uid in value:
+        if uid != "all" and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid):
+            return f"{uid!r} is not a transfer syntax UID"
+    return None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table: dotted key, type, default, help text and check."""
+
+    key: str
+    type: type
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("dicom.aet", str, "DOLMEN", "Our AE title: what modalities put as the called AE.", check_aet),
+    Setting("dicom.host", str, "0.0.0.0", "Address the DICOM server listens on.", _check_host),
+    Setting("dicom.port", int, 4242, "TCP port of the DICOM server (0 picks a free port).", _check_port_or_zero),
+    Setting("dicom.max_associations", int, 16, "Associations served at once; more are rejected (transient).", _positive),
+    Setting("dicom.acse_timeout", float, 30.0, "Seconds to wait for association negotiation.", _positive),
+    Setting("dicom.dimse_timeout", float, 60.0, "Seconds to wait for a DIMSE message.", _positive),
+    Setting("dicom.network_timeout", float, 120.0, "Seconds an idle association is kept open.", _positive),
+    Setting("dicom.max_pdu", int, 262144, "Largest PDU we accept, in bytes (0: no limit).", _check_pdu),
+    Setting("dicom.max_object_mb", int, 4096, "Largest object accepted over C-STORE, in MiB; larger ones abort the association.", _positive),
+    Setting("dicom.transfer_syntaxes", list, ["all"], 'Transfer syntaxes accepted for storage: ["all"] or a list of UIDs.', _check_syntaxes),
+    Setting("dicom.unknown_aet", list, ["echo", "store"], "What a calling AE not declared in [modalities] may ask.", _check_ops),
+    Setting("dicom.check_calling_host", bool, False, "Refuse a declared AE calling from another host than its declared one.", None),
+    Setting("dicom.check_called_aet", bool, False, "Refuse associations whose called AE is not ours.", None),
+    Setting("dicom.case_sensitive_pn", bool, False, "Match person names case-sensitively in C-FIND and QIDO-RS.", None),
+    Setting("http.host", str, "127.0.0.1", "Address the web server listens on (another address needs [http.users]).", _check_host),
+    Setting("http.port", int, 8042, "TCP port of the web server (0 picks a free port).", _check_port_or_zero),
+    Setting("http.threads", int, 8, "Web server worker threads.", _positive),
+    Setting("http.max_upload_mb", int, 2048, "Largest HTTP request body accepted, in MiB.", _positive),
+    Setting("storage.path", str, "./dolmen-data", "Folder holding the files, the index and the control socket.", None),
+    Setting("storage.database", str, "", "Index URL: empty for <storage.path>/index.db, or sqlite:///FILE, or postgresql://user@host/db.", _check_database),
+    Setting("storage.overwrite", bool, False, "A second copy of a stored instance replaces the first (else it is kept and reported as already stored).", None),
+    Setting("storage.min_free_mb", int, 256, "Refuse new objects when the storage volume has less free space than this, in MiB.", _non_negative),
+    Setting("storage.fsync", bool, True, "fsync each file and its folder before acknowledging (turn off only on battery-backed storage).", None),
+    Setting("log.level", str, "INFO", "DEBUG, INFO, WARNING or ERROR.", _check_level),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+#: Keys of one ``[modalities.NAME]`` table.
+MODALITY_KEYS: dict[str, tuple[type, Any, str]] = {
+    "aet": (str, None, "AE title of the remote node (required)."),
+    "host": (str, None, "Host name or IP address of the remote node (required)."),
+    "port": (int, 104, "DICOM port of the remote node."),
+    "allow": (list, list(OPERATIONS), "What the node may ask of us: echo, store, find, move, get."),
+    "description": (str, "", "Free text shown in the modalities page."),
+}
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class ModalityConfig:
+    """A remote DICOM node declared in ``[modalities.NAME]``."""
+
+    name: str
+    aet: str
+    host: str
+    port: int = 104
+    allow: tuple[str, ...] = OPERATIONS
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The frozen, checked configuration. Read values with ``settings["dicom.aet"]``."""
+
+    values: Mapping[str, Any]
+    modalities: tuple[ModalityConfig, ...] = ()
+    source: str | None = None
+    users: Mapping[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def storage_path(self) -> Path:
+        """Absolute path of the storage folder."""
+        return Path(self.values["storage.path"]).expanduser().resolve()
+
+    @property
+    def database_url(self) -> str:
+        """The index URL, defaulting to ``sqlite:///<storage>/index.db``."""
+        url = str(self.values["storage.database"])
+        return url or f"sqlite:///{self.storage_path / 'index.db'}"
+
+    @property
+    def control_socket(self) -> Path:
+        """Path of the sidecar's control socket."""
+        return self.storage_path / "run" / "control.sock"
+
+    def modality(self, name: str) -> ModalityConfig | None:
+        """Return the declared modality called ``name``, if any."""
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a TOML-shaped document that :func:`from_dict` reads back.
+
+        ``storage.path`` is made absolute so that another process in another folder
+        (the sidecar) reads the same files.
+        """
+        return self._raw({"storage.path": str(self.storage_path)})
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with some dotted keys changed (checked like a file would be)."""
+        return from_dict(self._raw(changes), source=self.source)
+
+    def _raw(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        raw: dict[str, Any] = {}
+        for key, value in {**self.values, **changes}.items():
+            section, _, name = key.rpartition(".")
+            raw.setdefault(section, {})[name] = value
+        raw["modalities"] = {
+            m.name: {"aet": m.aet, "host": m.host, "port": m.port, "allow": list(m.allow),
+                     "description": m.description}
+            for m in self.modalities
+        }
+        if self.users:
+            raw["http"]["users"] = dict(self.users)
+        return raw
+
+
+def _coerce(where: str, expected: type, value: Any) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: must be a whole number, not true/false")
+    if not isinstance(value, expected):
+        names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+                 list: "a list", dict: "a table"}
+        raise ConfigError(f"{where}: must be {names.get(expected, expected.__name__)}, got {value!r}")
+    if expected is list and not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: must be a list of strings")
+    return value
+
+
+def _where(key: str) -> str:
+    section, _, name = key.rpartition(".")
+    return f"[{section}] {name}"
+
+
+def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
+    """Check a parsed TOML document and build :class:`Settings`.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown section or key, a value of the wrong type, or a value failing its check.
+    """
+    values = {s.key: s.default for s in SETTINGS}
+    sections = {s.key.split(".")[0] for s in SETTINGS} | {"modalities"}
+    modalities: list[ModalityConfig] = []
+    users: dict[str, str] = {}
+    for section, table in raw.items():
+        if section not in sections:
+            raise ConfigError(f"[{section}]: unknown section; known sections are "
+                              f"{', '.join('[' + s + ']' for s in sorted(sections))}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}]: must be a table")
+        if section == "modalities":
+            modalities = [_modality(name, t) for name, t in table.items()]
+            continue
+        for name, value in table.items():
+            key = f"{section}.{name}"
+            if key == "http.users":
+                users = _users(value)
+                continue
+            setting = _BY_KEY.get(key)
+            if setting is None:
+                raise ConfigError(f"[{section}] {name}: unknown key")
+            value = _coerce(_where(key), setting.type, value)
+            problem = setting.check(value) if setting.check else None
+            if problem:
+                raise ConfigError(f"{_where(key)}: {problem}")
+            values[key] = value
+    aets = [m.aet for m in modalities]
+    if values["http.host"] not in ("127.0.0.1", "localhost", "::1") and not users:
+        try:
+            loopback = ipaddress.ip_address(values["http.host"]).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(
+                f"[http] host: listening on {values['http.host']} exposes patient data beyond this "
+                "machine; declare users in [http.users] (make a hash with `dolmen passwd`) first")
+    dup = {a for a in aets if aets.count(a) > 1}
+    if dup:
+        raise ConfigError(f"[modalities]: AE title {sorted(dup)[0]!r} is declared twice")
+    return Settings(values=values, modalities=tuple(modalities), source=source, users=users)
+
+
+def _users(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ConfigError("[http.users]: must be a table of user = \"password hash\"")
+    for user, hashed in value.items():
+        if not isinstance(hashed, str) or ":" not in hashed:
+            raise ConfigError(f"[http.users] {user}: must be a password hash made by `dolmen passwd`")
+    return dict(value)
+
+
+def _modality(name: str, table: Any) -> ModalityConfig:
+    where = f"[modalities.{name}]"
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}: a name uses letters, digits, '-', '_' or '.' only")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table with aet, host and port")
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in MODALITY_KEYS:
+            raise ConfigError(f"{where} {key}: unknown key; known keys are {', '.join(MODALITY_KEYS)}")
+        out[key] = _coerce(f"{where} {key}", MODALITY_KEYS[key][0], value)
+    for key in ("aet", "host"):
+        if key not in out:
+            raise ConfigError(f"{where} {key}: missing")
+    for key, check in (("aet", check_aet), ("host", _check_host), ("port", _check_port),
+                       ("allow", _check_ops)):
+        if key in out:
+            problem = check(out[key])
+            if problem:
+                raise ConfigError(f"{where} {key}: {problem}")
+    allow = tuple(out.pop("allow", OPERATIONS))
+    return ModalityConfig(name=name, allow=allow, **out)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read the TOML file at ``path`` (or ``$DOLMEN_CONFIG``; defaults when neither is set).
+
+    Raises
+    ------
+    ConfigError
+        When the file cannot be read or parsed, or a value is invalid.
+    """
+    path = path or os.environ.get("DOLMEN_CONFIG") or None
+    if path is None:
+        return from_dict({})
+    try:
+        with open(path, "rb") as f:
+            raw = json.load(f) if str(path).endswith(".json") else tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return from_dict(raw, source=str(Path(path).resolve()))

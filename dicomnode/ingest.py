@@ -1,0 +1,447 @@
+"""The one ingest path: a spooled file, bytes or a stream in, an :class:`IngestResult` out.
+
+C-STORE, the upload form, STOW-RS, ``dolmen import`` and retrieval jobs all end here. It
+parses only what indexing needs (pixel data is skipped, large values deferred), validates,
+makes the file durable in the store, and commits the rows in one transaction. Success is
+reported only after that commit (the crash contract in ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from typing import Any
+from typing import BinaryIO
+
+import peewee
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from dicomnode import ids
+from dicomnode.errors import DolmenError
+from dicomnode.errors import RejectedInstance
+from dicomnode.errors import StorageFull
+from dicomnode.index import Instance
+from dicomnode.index import db
+from dicomnode.index import Patient
+from dicomnode.index import Series
+from dicomnode.index import Study
+from dicomnode.index import utcnow
+from dicomnode.index import write_transaction
+from dicomnode.store import Store
+
+LOGGER = logging.getLogger(__name__)
+
+STORED = "stored"
+DUPLICATE = "duplicate"
+REJECTED = "rejected"
+
+# PS3.5 9.1: at most 64 characters, digits and dots. Real devices send leading zeros in
+# components, so those are tolerated; anything that could be a path is not.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+_DEFER = 4096  # values longer than this are skipped, not read, while indexing
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an object came from, kept with the instance and in logs."""
+
+    origin: str = "import"  # dicom | upload | stow | import | retrieve
+    aet: str = ""
+    ip: str = ""
+    called_aet: str = ""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What happened to one object.
+
+    ``status`` is ``stored``, ``duplicate`` (already stored, nothing changed) or ``rejected``
+    with ``reason`` for the user. The identifiers are set unless the object was rejected
+    before they could be read.
+    """
+
+    status: str
+    reason: str = ""
+    instance_id: str = ""
+    study_id: str = ""
+    series_id: str = ""
+    patient_id: str = ""
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    study_instance_uid: str = ""
+    code: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the object is in the archive (stored now or before)."""
+        return self.status in (STORED, DUPLICATE)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        elem = ds.get(keyword)
+    except Exception:  # a value that cannot be decoded must not stop indexing
+        return ""
+    if elem is None or elem == "":
+        return ""
+    if isinstance(elem, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in elem)
+    return str(elem).strip(" \x00")
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        return int(value)
+    except Exception:
+        return None
+
+
+def _uid(ds: Dataset, keyword: str, label: str) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        value = None
+    text = str(value).strip(" \x00") if value is not None else ""
+    if not text:
+        raise RejectedInstance(f"Missing {label} ({keyword}): an object without it cannot be filed")
+    if len(text) > 64 or not _UID.fullmatch(text):
+        shown = text[:70].encode("unicode_escape").decode("ascii")
+        raise RejectedInstance(f"Invalid {keyword} {shown!r}: a UID is at most 64 digits and dots (PS3.5 9.1)")
+    return text
+
+
+def read_header(path: str | os.PathLike[str]) -> Dataset:
+    """Parse what indexing needs from a DICOM file, skipping pixel data and long values.
+
+    Raises
+    ------
+    RejectedInstance
+        When the file is not DICOM (no ``DICM`` prefix at byte 128), is truncated, or cannot
+        be parsed.
+    """
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            preamble = f.read(132)
+            if len(preamble) < 132 or preamble[128:132] != b"DICM":
+                raise RejectedInstance("Not a DICOM file: no 'DICM' prefix at byte 128 (PS3.10 7.1)")
+            f.seek(0)
+            ds = pydicom.dcmread(f, defer_size=_DEFER, stop_before_pixels=False)
+            # Values longer than _DEFER were skipped by seeking: find where the last one ends,
+            # so that a file cut short inside its pixel data is caught.
+            end = 0
+            for tag in list(ds.keys()):
+                raw = ds.get_item(tag, keep_deferred=True)
+                tell = getattr(raw, "value_tell", None)
+                length = getattr(raw, "length", 0)
+                if tell is not None and length not in (None, 0xFFFFFFFF):
+                    end = max(end, tell + length)
+    except RejectedInstance:
+        raise
+    except (InvalidDicomError, EOFError) as exc:
+        raise RejectedInstance(f"Not a readable DICOM file: {exc}") from exc
+    except Exception as exc:
+        raise RejectedInstance(f"The file is corrupt or truncated: {type(exc).__name__}: {exc}") from exc
+    if end > size:
+        raise RejectedInstance(f"Truncated file: an element ends at byte {end} but the file has {size} bytes")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        raise RejectedInstance("Missing file meta information: no (0002,0010) Transfer Syntax UID")
+    return ds
+
+
+@dataclass(frozen=True)
+class _Header:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    fields: dict[str, Any]
+
+
+def _header(ds: Dataset) -> _Header:
+    sop_uid = _uid(ds, "SOPInstanceUID", "SOP Instance UID")
+    study_uid = _uid(ds, "StudyInstanceUID", "Study Instance UID")
+    series_uid = _uid(ds, "SeriesInstanceUID", "Series Instance UID")
+    sop_class = _uid(ds, "SOPClassUID", "SOP Class UID")
+    meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "").strip(" \x00")
+    if meta_sop and meta_sop != sop_uid:
+        raise RejectedInstance(
+            f"The file meta says SOP Instance UID {meta_sop[:64]!r} but the dataset says {sop_uid!r}")
+    # Text values are decoded with (0008,0005) Specific Character Set as they are read.
+    name = _text(ds, "PatientName")
+    frames = _int(ds, "NumberOfFrames")
+    fields = {
+        "patient_name": name,
+        "patient_name_key": name.upper(),
+        "patient_birth_date": _text(ds, "PatientBirthDate"),
+        "patient_sex": _text(ds, "PatientSex"),
+        "study_date": _text(ds, "StudyDate"),
+        "study_time": _text(ds, "StudyTime"),
+        "study_description": _text(ds, "StudyDescription"),
+        "accession_number": _text(ds, "AccessionNumber"),
+        "study_id": _text(ds, "StudyID"),
+        "referring_physician_name": _text(ds, "ReferringPhysicianName"),
+        "modality": _text(ds, "Modality"),
+        "series_number": _int(ds, "SeriesNumber"),
+        "series_description": _text(ds, "SeriesDescription"),
+        "body_part_examined": _text(ds, "BodyPartExamined"),
+        "series_date": _text(ds, "SeriesDate"),
+        "series_time": _text(ds, "SeriesTime"),
+        "instance_number": _int(ds, "InstanceNumber"),
+        "number_of_frames": frames if frames and frames > 0 else 1,
+        "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
+    }
+    return _Header(sop_uid, sop_class, study_uid, series_uid, _text(ds, "PatientID"), fields)
+
+
+class Ingestor:
+    """Files objects into one store and the bound index.
+
+    Parameters
+    ----------
+    store : Store
+        Where files go.
+    overwrite : bool
+        A second copy of an instance replaces the first (``storage.overwrite``).
+    max_bytes : int, optional
+        Cap on one object spooled from a stream.
+    """
+
+    def __init__(self, store: Store, *, overwrite: bool = False, max_bytes: int | None = None) -> None:
+        self.store = store
+        self.overwrite = overwrite
+        self.max_bytes = max_bytes
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def ingest_stream(self, stream: BinaryIO | IO[bytes], source: Source, *, owner: str = "web") -> IngestResult:
+        """Spool a stream (upload, STOW-RS part) and ingest it."""
+        try:
+            spool = self.store.spool_stream(stream, owner=owner, max_bytes=self.max_bytes)
+        except DolmenError as exc:
+            return IngestResult(REJECTED, reason=exc.message, code=exc.code)
+        return self.ingest_spooled(spool, source)
+
+    def ingest_bytes(self, data: bytes, source: Source, *, owner: str = "web") -> IngestResult:
+        """Spool bytes and ingest them."""
+        try:
+            spool = self.store.spool_bytes(data, owner=owner)
+        except DolmenError as exc:
+            return IngestResult(REJECTED, reason=exc.message, code=exc.code)
+        return self.ingest_spooled(spool, source)
+
+    def ingest_copy(self, path: str | os.PathLike[str], source: Source, *, owner: str = "import") -> IngestResult:
+        """Ingest a copy of a file the user owns (``dolmen import``); the original is left alone."""
+        try:
+            with open(path, "rb") as f:
+                spool = self.store.spool_stream(f, owner=owner, max_bytes=self.max_bytes)
+        except OSError as exc:
+            return IngestResult(REJECTED, reason=f"Cannot read {path}: {exc.strerror}")
+        except DolmenError as exc:
+            return IngestResult(REJECTED, reason=exc.message, code=exc.code)
+        return self.ingest_spooled(spool, source)
+
+    def ingest_spooled(self, spool: str | os.PathLike[str], source: Source, *,
+                       expected_sop_instance_uid: str | None = None,
+                       expected_sop_class_uid: str | None = None) -> IngestResult:
+        """Ingest a file already in the store's spool; it is moved into the store or removed.
+
+        Parameters
+        ----------
+        spool : path
+            A file in the spool folder (same volume as the store). It is consumed.
+        source : Source
+            Origin of the object.
+        expected_sop_instance_uid, expected_sop_class_uid : str, optional
+            The values of the C-STORE command set; the dataset must agree with them.
+        """
+        spool = Path(spool)
+        try:
+            return self._ingest(spool, source, expected_sop_instance_uid, expected_sop_class_uid)
+        except DolmenError as exc:
+            LOGGER.info("Rejected object from %s %s %s: %s", source.origin, source.aet, source.ip, exc.message)
+            return IngestResult(REJECTED, reason=exc.message, code=exc.code)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spool)
+
+    # -- the path ---------------------------------------------------------------------------
+
+    def _ingest(self, spool: Path, source: Source, expected_sop: str | None,
+                expected_class: str | None) -> IngestResult:
+        self.store.check_space()
+        ds = read_header(spool)
+        head = _header(ds)
+        if expected_sop and expected_sop.strip(" \x00") != head.sop_instance_uid:
+            raise RejectedInstance(
+                f"The C-STORE command names SOP Instance UID {expected_sop[:64]!r} but the dataset "
+                f"holds {head.sop_instance_uid!r}")
+        if expected_class and expected_class.strip(" \x00") != head.sop_class_uid:
+            raise RejectedInstance(
+                f"The C-STORE command names SOP Class {expected_class[:64]!r} but the dataset "
+                f"holds {head.sop_class_uid!r}")
+        pid = ids.patient_id(head.patient_id)
+        stid = ids.study_id(head.patient_id, head.study_instance_uid)
+        seid = ids.series_id(head.patient_id, head.study_instance_uid, head.series_instance_uid)
+        inid = ids.instance_id(head.patient_id, head.study_instance_uid, head.series_instance_uid,
+                               head.sop_instance_uid)
+        base = dict(instance_id=inid, study_id=stid, series_id=seid, patient_id=pid,
+                    sop_instance_uid=head.sop_instance_uid, sop_class_uid=head.sop_class_uid,
+                    study_instance_uid=head.study_instance_uid)
+
+        # Cheap early answer for the common re-send: no fsync, no write lock.
+        if not self.overwrite:
+            found = _existing(head.sop_instance_uid)
+            if found is not None:
+                return self._duplicate(found, inid, base)
+
+        size = spool.stat().st_size
+        rel = self.store.commit(spool)
+        old_path: str | None = None
+        try:
+            with write_transaction():
+                found = _existing(head.sop_instance_uid)
+                if found is not None:
+                    if found[1] != inid:
+                        raise _Refused(self._conflict_reason(found[0]))
+                    if not self.overwrite:
+                        raise _Duplicate(found)
+                    old_path = found[2]
+                    self._remove_instance_rows(Instance.get_by_id(found[0]))
+                self._insert(head, source, rel, size, pid, stid, seid, inid)
+        except _Duplicate as dup:
+            self.store.delete(rel)
+            return self._duplicate(dup.found, inid, base)
+        except _Refused as ref:
+            self.store.delete(rel)
+            raise RejectedInstance(ref.reason) from None
+        except peewee.IntegrityError as exc:
+            self.store.delete(rel)
+            raise RejectedInstance(f"The index refused the instance: {exc}") from exc
+        except BaseException:
+            self.store.delete(rel)
+            raise
+        if old_path:
+            self.store.delete(old_path)
+        return IngestResult(STORED, **base)
+
+    def _duplicate(self, found: tuple[int, str, str], inid: str, base: dict[str, str]) -> IngestResult:
+        if found[1] != inid:
+            raise RejectedInstance(self._conflict_reason(found[0]))
+        return IngestResult(DUPLICATE, reason="Already stored", **base)
+
+    @staticmethod
+    def _conflict_reason(instance_pk: int) -> str:
+        existing = Instance.get_by_id(instance_pk)
+        study = existing.series.study
+        return (f"SOP Instance UID {existing.sop_instance_uid} is already stored in another study "
+                f"(patient {study.patient.patient_id!r}, study {study.study_instance_uid}); "
+                "a SOP Instance UID must be unique, so this copy was refused")
+
+    def _insert(self, head: _Header, source: Source, rel: str, size: int,
+                pid: str, stid: str, seid: str, inid: str) -> None:
+        """Insert the instance row and bump its parents' counters.
+
+        This is the hot path of every C-STORE, so it is plain SQL (a handful of statements on
+        indexed columns) rather than peewee's query builder, whose SQL generation alone costs
+        more than the statements. Parent rows are created through the models when new.
+        """
+        f = head.fields
+        now = utcnow()
+        database = db.obj
+        p = database.param
+        row = database.execute_sql(
+            f"SELECT se.pk, st.pk, st.patient_pk, st.modalities_in_study, st.sop_classes_in_study "
+            f"FROM series se JOIN study st ON se.study_pk = st.pk WHERE se.public_id = {p}",
+            (seid,)).fetchone()
+        new_series = new_study = new_patient = False
+        if row is None:
+            patient, new_patient = Patient.get_or_create(public_id=pid, defaults={
+                "patient_id": head.patient_id, "patient_name": f["patient_name"],
+                "patient_name_key": f["patient_name_key"],
+                "patient_birth_date": f["patient_birth_date"], "patient_sex": f["patient_sex"]})
+            study, new_study = Study.get_or_create(public_id=stid, defaults={
+                "patient": patient, "study_instance_uid": head.study_instance_uid,
+                **{k: f[k] for k in ("study_date", "study_time", "study_description",
+                                     "accession_number", "study_id", "referring_physician_name")}})
+            series = Series.create(
+                public_id=seid, study=study, series_instance_uid=head.series_instance_uid,
+                **{k: f[k] for k in ("modality", "series_number", "series_description",
+                                     "body_part_examined", "series_date", "series_time")})
+            new_series = True
+            row = (series.pk, study.pk, patient.pk, study.modalities_in_study, study.sop_classes_in_study)
+        series_pk, study_pk, patient_pk, modalities, classes = row
+        database.execute_sql(
+            "INSERT INTO instance (public_id, series_pk, sop_instance_uid, sop_class_uid, "
+            "instance_number, number_of_frames, transfer_syntax_uid, file_size, path, received_at, "
+            "origin, sender_aet, sender_ip, called_aet) VALUES "
+            f"({', '.join([p] * 14)})",
+            (inid, series_pk, head.sop_instance_uid, head.sop_class_uid, f["instance_number"],
+             f["number_of_frames"], f["transfer_syntax_uid"], size, rel, now, source.origin,
+             source.aet[:64], source.ip[:64], source.called_aet[:64]))
+        database.execute_sql(
+            f"UPDATE series SET num_instances = num_instances + 1, size = size + {p}, updated_at = {p} "
+            f"WHERE pk = {p}", (size, now, series_pk))
+        mods = set(filter(None, (modalities or "").split("\\")))
+        if f["modality"]:
+            mods.add(f["modality"])
+        class_set = set(filter(None, (classes or "").split("\\")))
+        class_set.add(head.sop_class_uid)
+        database.execute_sql(
+            f"UPDATE study SET num_instances = num_instances + 1, size = size + {p}, "
+            f"num_series = num_series + {p}, updated_at = {p}, modalities_in_study = {p}, "
+            f"sop_classes_in_study = {p} WHERE pk = {p}",
+            (size, int(new_series), now, "\\".join(sorted(mods)), "\\".join(sorted(class_set)), study_pk))
+        database.execute_sql(
+            f"UPDATE patient SET num_instances = num_instances + 1, size = size + {p}, "
+            f"num_series = num_series + {p}, num_studies = num_studies + {p}, updated_at = {p} "
+            f"WHERE pk = {p}", (size, int(new_series), int(new_study), now, patient_pk))
+
+    @staticmethod
+    def _remove_instance_rows(instance: Instance) -> None:
+        """Delete an instance row and fix its parents' counters (no file is touched)."""
+        series = instance.series
+        study = series.study
+        patient = study.patient
+        size = instance.file_size
+        instance.delete_instance()
+        Series.update(num_instances=Series.num_instances - 1, size=Series.size - size).where(
+            Series.pk == series.pk).execute()
+        Study.update(num_instances=Study.num_instances - 1, size=Study.size - size).where(
+            Study.pk == study.pk).execute()
+        Patient.update(num_instances=Patient.num_instances - 1, size=Patient.size - size).where(
+            Patient.pk == patient.pk).execute()
+
+
+def _existing(sop_instance_uid: str) -> tuple[int, str, str] | None:
+    """(pk, public id, path) of the instance already holding this SOP Instance UID, if any."""
+    database = db.obj
+    row = database.execute_sql(
+        f"SELECT pk, public_id, path FROM instance WHERE sop_instance_uid = {database.param}",
+        (sop_instance_uid,)).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+
+
+class _Duplicate(Exception):
+    def __init__(self, found: tuple[int, str, str]) -> None:
+        self.found = found
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+__all__ = ["DUPLICATE", "REJECTED", "STORED", "IngestResult", "Ingestor", "Source", "StorageFull",
+           "read_header"]

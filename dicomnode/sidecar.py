@@ -1,0 +1,151 @@
+"""The DICOM sidecar: ``python -m dicomnode.sidecar --config FILE``.
+
+Runs the pynetdicom AE (the SCP), the control socket server and, later, the job runner, in
+a clean interpreter of its own. It exits on SIGTERM or, when started by the supervisor with
+``--watch-stdin``, as soon as its standard input closes (the parent died), releasing the port.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from dicomnode import __version__
+from dicomnode import config
+from dicomnode import index
+from dicomnode import netpatch
+from dicomnode import nodes
+from dicomnode import reconcile
+from dicomnode import scp
+from dicomnode import scu
+from dicomnode.control import ControlServer
+from dicomnode.errors import DolmenError
+from dicomnode.ingest import Ingestor
+from dicomnode.store import Store
+
+LOGGER = logging.getLogger("dicomnode.sidecar")
+
+
+class Sidecar:
+    """Everything the sidecar process runs, startable in-process for tests of its parts."""
+
+    def __init__(self, settings: config.Settings) -> None:
+        self.settings = settings
+        self.stopped = threading.Event()
+        self.store = Store(settings.storage_path, fsync=settings["storage.fsync"],
+                           min_free_mb=settings["storage.min_free_mb"])
+        index.open_index(settings.database_url, synchronous_full=False)
+        self.ingestor = Ingestor(self.store, overwrite=settings["storage.overwrite"])
+        self.ctx = scp.Context(settings, self.ingestor)
+        self.server: Any = None
+        self.control: ControlServer | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        """Clear our spool, start the AE and the control server."""
+        removed = self.store.clear_spool("scp")
+        if removed:
+            LOGGER.info("Removed %d partial object(s) left by an interrupted reception", removed)
+        if not os.environ.get("DOLMEN_NO_NETPATCH"):
+            netpatch.apply()
+        scp.install_spool(self.store.spool_dir("scp"), self.settings["dicom.max_object_mb"] * 1024 * 1024)
+        ae = scp.build_ae(self.settings)
+        self.ae = ae
+        self.server = ae.start_server(
+            (self.settings["dicom.host"], self.settings["dicom.port"]), block=False,
+            evt_handlers=scp.handlers(self.ctx))
+        self.port = int(self.server.server_address[1])
+        self.control = ControlServer(self.settings.control_socket)
+        self.control.register("status", self.op_status)
+        self.control.register("echo", self.op_echo)
+        self.control.start()
+        # Files renamed into the store just before a crash have no row: index them, in the
+        # background so that the port is open at once.
+        threading.Thread(target=self._reconcile, name="reconcile", daemon=True).start()
+        LOGGER.info("Dolmen DICOM server %s listening on %s:%d", self.settings["dicom.aet"],
+                    self.settings["dicom.host"], self.port)
+
+    def _reconcile(self) -> None:
+        try:
+            reconcile.run(self.store, self.ingestor, spool_owners=("reconcile",))
+        except Exception:
+            LOGGER.exception("Reconciliation failed")
+
+    def op_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``status``: AE title, port, uptime, associations and counters."""
+        c = self.ctx.counters
+        return {
+            "aet": self.settings["dicom.aet"], "host": self.settings["dicom.host"], "port": self.port,
+            "pid": os.getpid(), "version": __version__, "uptime": round(time.time() - c.started, 1),
+            "associations": len(self.ae.active_associations),
+            "associations_total": c.associations_total,
+            "instances_received": c.instances_received, "instances_rejected": c.instances_rejected,
+        }
+
+    def op_echo(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``echo``: C-ECHO a modality by name (``{"modality": "pacs"}``)."""
+        name = args.get("modality")
+        if not isinstance(name, str) or not name:
+            raise DolmenError("echo needs a modality name", code="bad_request")
+        return scu.echo(self.settings, nodes.get_node(self.settings, name))
+
+    def stop(self) -> None:
+        """Stop serving: control socket first, then the AE (aborting open associations)."""
+        if self.control is not None:
+            self.control.stop()
+        if self.server is not None:
+            self.ae.shutdown()
+        index.close_index()
+        self.stopped.set()
+
+
+def _watch_stdin(on_eof: Any) -> None:
+    try:
+        while sys.stdin.buffer.read(1):
+            pass
+    except (OSError, ValueError):
+        pass
+    on_eof()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = argparse.ArgumentParser(prog="python -m dicomnode.sidecar", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="TOML (or JSON) configuration file")
+    parser.add_argument("--watch-stdin", action="store_true", help="exit when standard input closes")
+    args = parser.parse_args(argv)
+    try:
+        settings = config.load(args.config)
+    except DolmenError as exc:
+        print(f"dolmen sidecar: {exc.message}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings["log.level"].upper(),
+                        format="%(asctime)s sidecar %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    try:
+        sidecar = Sidecar(settings)
+        sidecar.start()
+    except (DolmenError, OSError) as exc:
+        message = exc.message if isinstance(exc, DolmenError) else str(exc)
+        LOGGER.error("Cannot start the DICOM server: %s", message)
+        print(f"dolmen sidecar: cannot start: {message}", file=sys.stderr)
+        return 3
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    if args.watch_stdin:
+        threading.Thread(target=_watch_stdin, args=(done.set,), name="stdin", daemon=True).start()
+    while not done.wait(1.0):
+        pass
+    LOGGER.info("Stopping the DICOM server")
+    sidecar.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Dolmen's web application: pages, JSON API and DICOMweb over the :mod:`dicomnode` engine.
+
+``create_app(settings=None)`` builds the app; nothing is bound at import.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Any
+
+from flask import Flask
+
+from dicomnode import __version__
+from dicomnode import config
+from dicomnode import index
+from dicomnode.control import ControlClient
+from dicomnode.ingest import Ingestor
+from dicomnode.store import Store
+from webapp import paths
+from webapp.services import Services
+
+LOGGER = logging.getLogger(__name__)
+
+#: The main navigation; entries whose endpoint is not registered are left out.
+NAV = (
+    ("browse.studies", "Studies"), ("browse.patients", "Patients"), ("upload.upload", "Upload"),
+    ("qr.query", "Query/Retrieve"), ("qr.modalities", "Modalities"), ("jobs.jobs", "Jobs"),
+    ("dicomweb_client.servers", "DICOMweb"), ("system.home", "System"),
+)
+
+# No inline script or style anywhere: every script and stylesheet is a file under /static.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "object-src 'self'; frame-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'")
+
+
+def _secret_key(storage: os.PathLike[str] | str) -> bytes:
+    """A random key generated once into the data folder (never hard-coded)."""
+    path = os.path.join(storage, "run", "secret_key")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        with open(path, "rb") as f:
+            key = f.read()
+            if len(key) >= 32:
+                return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+def create_app(settings: config.Settings | None = None, *, supervisor: Any = None) -> Flask:
+    """Build the Flask app for ``settings`` (default: ``$DOLMEN_CONFIG`` or the defaults).
+
+    Parameters
+    ----------
+    supervisor : dicomnode.supervisor.Supervisor, optional
+        Under ``dolmen serve``, so that pages can say when the sidecar was restarted.
+    """
+    settings = settings or config.load()
+    app = Flask(__name__, template_folder=str(paths.TEMPLATES), static_folder=str(paths.STATIC))
+    app.config["DOLMEN"] = settings
+    app.config["SECRET_KEY"] = _secret_key(settings.storage_path)
+    app.config["MAX_CONTENT_LENGTH"] = settings["http.max_upload_mb"] * 1024 * 1024
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    app.config["MAX_FORM_PARTS"] = 20000
+
+    store = Store(settings.storage_path, fsync=settings["storage.fsync"],
+                  min_free_mb=settings["storage.min_free_mb"])
+    index.open_index(settings.database_url, synchronous_full=False)
+    index.close_index()
+    describe = supervisor.describe if supervisor else None
+    app.extensions["dolmen"] = Services(
+        settings=settings, store=store,
+        ingestor=Ingestor(store, overwrite=settings["storage.overwrite"],
+                          max_bytes=settings["dicom.max_object_mb"] * 1024 * 1024),
+        control=ControlClient(settings.control_socket, describe), supervisor=supervisor)
+
+    from webapp import auth
+    from webapp import csrf
+    from webapp import db
+    from webapp import errors
+
+    db.init_app(app)
+    csrf.init_app(app)
+    errors.init_app(app)
+    auth.init_app(app)
+
+    from webapp import api
+    from webapp import system
+
+    app.register_blueprint(system.bp)
+    app.register_blueprint(api.bp)
+
+    @app.context_processor
+    def _globals() -> dict[str, Any]:
+        from webapp.auth import current_user
+
+        nav = [(e, label) for e, label in NAV if e in app.view_functions]
+        return {"dolmen_version": __version__, "aet": settings["dicom.aet"], "nav_items": nav,
+                "current_user": current_user() if settings.users else None}
+
+    @app.after_request
+    def _headers(response: Any) -> Any:
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+        return response
+
+    return app

@@ -1,0 +1,225 @@
+"""The ``dolmen`` command: serve, import, demo-data, passwd, check-config."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import signal
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from dicomnode import __version__
+from dicomnode import config
+from dicomnode.errors import DolmenError
+
+LOGGER = logging.getLogger("dolmen")
+
+
+def _settings(path: str | None) -> config.Settings:
+    try:
+        return config.load(path)
+    except DolmenError as exc:
+        print(f"dolmen: configuration error: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _logging(settings: config.Settings) -> None:
+    logging.basicConfig(level=settings["log.level"].upper(),
+                        format="%(asctime)s web %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Reconcile, start the sidecar under supervision, serve the web app with waitress."""
+    from waitress.server import create_server
+
+    from dicomnode import index
+    from dicomnode import reconcile
+    from dicomnode.control import check_socket_path
+    from dicomnode.ingest import Ingestor
+    from dicomnode.store import Store
+    from dicomnode.supervisor import Supervisor
+    from webapp import create_app
+
+    settings = _settings(args.config)
+    _logging(settings)
+    try:
+        check_socket_path(settings.control_socket)
+        store = Store(settings.storage_path, fsync=settings["storage.fsync"],
+                      min_free_mb=settings["storage.min_free_mb"])
+        index.open_index(settings.database_url, synchronous_full=False)
+        reconcile.run(store, Ingestor(store, overwrite=settings["storage.overwrite"]))
+        index.close_index()
+        supervisor = Supervisor(settings)
+        supervisor.start()
+    except DolmenError as exc:
+        print(f"dolmen: cannot start: {exc.message}", file=sys.stderr)
+        return 3
+    app = create_app(settings, supervisor=supervisor)
+    try:
+        server = create_server(app, host=settings["http.host"], port=settings["http.port"],
+                               threads=settings["http.threads"], ident="Dolmen",
+                               max_request_body_size=settings["http.max_upload_mb"] * 1024 * 1024,
+                               clear_untrusted_proxy_headers=True)
+    except OSError as exc:
+        supervisor.stop()
+        print(f"dolmen: cannot listen on {settings['http.host']}:{settings['http.port']}: {exc.strerror}",
+              file=sys.stderr)
+        return 3
+    port = server.effective_port  # type: ignore[union-attr]
+    try:
+        dicom = supervisor.status()
+        dicom_where = f"DICOM {dicom['aet']} on port {dicom['port']}"
+    except DolmenError as exc:
+        dicom_where = f"DICOM server not answering yet ({exc.message})"
+    print(f"Dolmen {__version__}: web UI on http://{settings['http.host']}:{port}/ · {dicom_where} · "
+          f"data in {settings.storage_path}", flush=True)
+
+    def stop(*_: object) -> None:
+        threading.Thread(target=server.close, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        supervisor.stop()
+    return 0
+
+
+def _iter_inputs(paths: list[str]) -> Iterator[tuple[str, Path | tuple[Path, str]]]:
+    """Yield (label, path) for files and (label, (zip, member)) for ZIP members."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for dirpath, _dirs, files in os.walk(path):
+                for name in sorted(files):
+                    yield from _iter_inputs([os.path.join(dirpath, name)])
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if not info.is_dir():
+                        yield f"{path}:{info.filename}", (path, info.filename)
+        else:
+            yield str(path), path
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import files, folders and ZIPs through the one ingest path, with a progress bar."""
+    from tqdm import tqdm
+
+    from dicomnode import index
+    from dicomnode.ingest import Ingestor
+    from dicomnode.ingest import Source
+    from dicomnode.store import Store
+
+    settings = _settings(args.config)
+    logging.basicConfig(level=logging.WARNING)
+    store = Store(settings.storage_path, fsync=settings["storage.fsync"],
+                  min_free_mb=settings["storage.min_free_mb"])
+    index.open_index(settings.database_url, synchronous_full=False)
+    ingestor = Ingestor(store, overwrite=settings["storage.overwrite"])
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if missing:
+        print(f"dolmen import: no such file or folder: {missing[0]}", file=sys.stderr)
+        return 2
+    items = list(_iter_inputs(args.paths))
+    counts = {"stored": 0, "duplicate": 0, "rejected": 0}
+    source = Source("import")
+    with tqdm(total=len(items), unit="file", disable=args.quiet or not sys.stderr.isatty()) as bar:
+        for label, item in items:
+            if isinstance(item, tuple):
+                zpath, member = item
+                with zipfile.ZipFile(zpath) as zf, zf.open(member) as f:
+                    result = ingestor.ingest_stream(f, source, owner="import")
+            else:
+                result = ingestor.ingest_copy(item, source)
+            counts[result.status] += 1
+            if result.status == "rejected" and not args.quiet:
+                tqdm.write(f"rejected {label}: {result.reason}", file=sys.stderr)
+            bar.update(1)
+    print(f"{counts['stored']} stored, {counts['duplicate']} already stored, "
+          f"{counts['rejected']} rejected ({len(items)} files)")
+    return 0 if counts["rejected"] == 0 else 1
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    """Write the deterministic synthetic data set."""
+    from dicomnode import demodata
+
+    paths = demodata.write(args.out, patients=args.patients, studies=args.studies, series=args.series,
+                           instances=args.instances, size=args.size, first_patient=args.first_patient)
+    print(f"{len(paths)} instances written to {args.out}")
+    return 0
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """Print a password hash for ``[http.users]``."""
+    from werkzeug.security import generate_password_hash
+
+    password = args.password
+    if password is None:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("dolmen passwd: the two passwords differ", file=sys.stderr)
+            return 2
+    if len(password) < 8:
+        print("dolmen passwd: use at least 8 characters", file=sys.stderr)
+        return 2
+    hashed = generate_password_hash(password)
+    print(f'{args.user} = "{hashed}"' if args.user else hashed)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Load the configuration and say whether it is valid."""
+    settings = _settings(args.config)
+    print(f"{settings.source or 'defaults'}: valid; DICOM {settings['dicom.aet']} on port "
+          f"{settings['dicom.port']}, web on {settings['http.host']}:{settings['http.port']}, "
+          f"data in {settings.storage_path}, {len(settings.modalities)} modality(ies)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dolmen`` console script."""
+    parser = argparse.ArgumentParser(prog="dolmen", description="Dolmen, a lightweight DICOM server.")
+    parser.add_argument("--version", action="version", version=f"dolmen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="TOML configuration file (default: $DOLMEN_CONFIG, else built-in defaults)")
+        return p
+
+    p = with_config(sub.add_parser("serve", help="run the web UI and the DICOM server"))
+    p.set_defaults(func=cmd_serve)
+    p = with_config(sub.add_parser("import", help="import DICOM files, folders and ZIP files"))
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no per-file messages")
+    p.set_defaults(func=cmd_import)
+    p = sub.add_parser("demo-data", help="write a deterministic synthetic data set")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--patients", type=int, default=4)
+    p.add_argument("--studies", type=int, default=2, help="per patient")
+    p.add_argument("--series", type=int, default=2, help="per study")
+    p.add_argument("--instances", type=int, default=10, help="per series")
+    p.add_argument("--size", type=int, default=128, help="rows = columns")
+    p.add_argument("--first-patient", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
+    p = sub.add_parser("passwd", help="make a password hash for [http.users]")
+    p.add_argument("user", nargs="?", help="print a ready `user = \"hash\"` line")
+    p.add_argument("--password", help="read from here instead of asking (avoid: it lands in shell history)")
+    p.set_defaults(func=cmd_passwd)
+    p = with_config(sub.add_parser("check-config", help="validate a configuration file"))
+    p.set_defaults(func=cmd_check_config)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
