@@ -1,0 +1,389 @@
+"""Shared fixtures: real processes on free ports, readiness probes, never sleeps.
+
+* ``short_tmp``: a short temporary folder (AF_UNIX socket paths are limited to 108 bytes).
+* ``make_config``: write a TOML configuration for a data folder and free ports.
+* ``dolmen``: a session-wide ``dolmen serve`` (web + sidecar); ``dolmen_factory`` for tests
+  that need their own (killing the sidecar, special settings).
+* ``dcmtk``: run a DCMTK tool with ``TCP_NODELAY=1``.
+* ``orthanc_factory``: start Debian's Orthanc on free ports with a given configuration.
+* ``app`` / ``client``: the Flask app on a fresh index, no sidecar.
+* ``demo_files``: a small generated data set.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - readiness probes fail until ready
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def write_toml(path: Path, doc: dict[str, dict[str, Any]]) -> Path:
+    """Write a two-level TOML document ({section: {key: value}}; dotted sections allowed)."""
+    lines = []
+    for section, table in doc.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def short_tmp_session() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="dt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A fresh short folder under /tmp, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="dt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_config_doc(data: Path, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    doc: dict[str, dict[str, Any]] = {
+        "dicom": {"port": free_port(), "host": "127.0.0.1"},
+        "http": {"port": free_port()},
+        "storage": {"path": str(data), "min_free_mb": 0},
+        "log": {"level": "INFO"},
+    }
+    for name, table in sections.items():
+        name = name.replace("__", ".")
+        doc.setdefault(name, {}).update(table)
+    return doc
+
+
+@pytest.fixture
+def make_config(short_tmp: Path) -> Callable[..., Path]:
+    """``make_config(dicom={...}, **{"modalities.pacs": {...}})`` -> path of a TOML file."""
+    counter = iter(range(1000))
+
+    def make(**sections: dict[str, Any]) -> Path:
+        n = next(counter)
+        data = short_tmp / f"d{n}"
+        return write_toml(short_tmp / f"c{n}.toml", make_config_doc(data, **sections))
+
+    return make
+
+
+@dataclass
+class DolmenProcess:
+    """A running ``dolmen serve``."""
+
+    proc: subprocess.Popen[str]
+    config: Path
+    url: str
+    dicom_port: int
+    aet: str
+    data: Path
+    log: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def control_socket(self) -> Path:
+        return self.data / "run" / "control.sock"
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=30, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return requests.post(self.url + path, timeout=120, **kw)
+
+    def status(self) -> dict[str, Any]:
+        from dicomnode.control import ControlClient
+
+        return ControlClient(self.control_socket).call("status")
+
+    def sidecar_pid(self) -> int:
+        return int(self.status()["pid"])
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_dolmen(config: Path, log: Path) -> DolmenProcess:
+    """Start ``dolmen serve --config`` and wait until the web UI and the sidecar answer."""
+    import tomllib
+
+    doc = tomllib.loads(config.read_text())
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    logf = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen([sys.executable, "-m", "webapp.cli", "serve", "--config", str(config)],
+                            stdout=logf, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(ROOT))
+    pattern = re.compile(r"web UI on (http://[^/\s]+)/")
+
+    def ready() -> str | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"dolmen serve exited with {proc.returncode}:\n{log.read_text()}")
+        m = pattern.search(log.read_text(encoding="utf-8", errors="replace"))
+        return m.group(1) if m else None
+
+    url = wait_for(ready, timeout=60, what="dolmen serve to start")
+    server = DolmenProcess(proc, config, url, int(doc["dicom"]["port"]), doc.get("dicom", {}).get("aet", "DOLMEN"),
+                           Path(doc["storage"]["path"]), log)
+    wait_for(lambda: server.status().get("port"), timeout=30, what="the sidecar")
+    return server
+
+
+@pytest.fixture
+def dolmen_factory(short_tmp: Path) -> Iterator[Callable[..., DolmenProcess]]:
+    """Start private Dolmen servers: ``dolmen_factory(dicom={...}, ...)``."""
+    started: list[DolmenProcess] = []
+    counter = iter(range(1000))
+
+    def factory(**sections: dict[str, Any]) -> DolmenProcess:
+        n = next(counter)
+        data = short_tmp / f"s{n}"
+        config = write_toml(short_tmp / f"s{n}.toml", make_config_doc(data, **sections))
+        server = start_dolmen(config, short_tmp / f"s{n}.log")
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dolmen(short_tmp_session: Path) -> Iterator[DolmenProcess]:
+    """One ``dolmen serve`` shared by the session's tests (tests must not assume it is empty)."""
+    data = short_tmp_session / "shared"
+    config = write_toml(short_tmp_session / "shared.toml", make_config_doc(data))
+    server = start_dolmen(config, short_tmp_session / "shared.log")
+    yield server
+    server.stop()
+
+
+@dataclass
+class Dcmtk:
+    """Runs DCMTK tools with TCP_NODELAY=1 (else each message waits ~40 ms on Nagle)."""
+
+    def __call__(self, tool: str, *args: str | os.PathLike[str], check: bool = True,
+                 timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
+        exe = shutil.which(tool)
+        if exe is None:
+            pytest.skip(f"DCMTK's {tool} is not installed (apt-get install dcmtk)")
+        env = dict(os.environ, TCP_NODELAY="1")
+        result = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env,
+                                timeout=timeout, **kw)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(map(str, args))} failed with {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def popen(self, tool: str, *args: str | os.PathLike[str], **kw: Any) -> subprocess.Popen[str]:
+        exe = shutil.which(tool)
+        if exe is None:
+            pytest.skip(f"DCMTK's {tool} is not installed (apt-get install dcmtk)")
+        env = dict(os.environ, TCP_NODELAY="1")
+        return subprocess.Popen([exe, *map(str, args)], env=env, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> Dcmtk:
+    return Dcmtk()
+
+
+@dataclass
+class OrthancProcess:
+    proc: subprocess.Popen[bytes]
+    url: str
+    http_port: int
+    dicom_port: int
+    aet: str
+    folder: Path
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=60, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return requests.post(self.url + path, timeout=300, **kw)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+ORTHANC = "/usr/sbin/Orthanc"
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def start_orthanc(folder: Path, aet: str = "ORTHANC", **config: Any) -> OrthancProcess:
+    """Start Debian's Orthanc with ``config`` merged into a minimal configuration."""
+    if not os.path.exists(ORTHANC):
+        pytest.skip("Orthanc is not installed (apt-get install orthanc)")
+    folder.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), free_port()
+    cfg = {
+        "Name": f"test-{aet}", "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": aet,
+        "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
+        "DicomServerEnabled": True, "Plugins": [], "ConcurrentJobs": 2,
+    }
+    cfg.update(config)
+    path = folder / "orthanc.json"
+    path.write_text(json.dumps(cfg, indent=1))
+    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([ORTHANC, str(path)], stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, TCP_NODELAY="1"))
+    server = OrthancProcess(proc, f"http://127.0.0.1:{http_port}", http_port, dicom_port, aet, folder)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"Orthanc exited:\n{(folder / 'orthanc.log').read_text(errors='replace')}")
+        return server.get("/system").status_code == 200
+
+    wait_for(ready, timeout=60, what="Orthanc")
+    return server
+
+
+@pytest.fixture
+def orthanc_factory(short_tmp: Path) -> Iterator[Callable[..., OrthancProcess]]:
+    """``orthanc_factory(aet="PACS", DicomModalities={...})`` -> a running Orthanc."""
+    started: list[OrthancProcess] = []
+    counter = iter(range(100))
+
+    def factory(aet: str = "ORTHANC", **config: Any) -> OrthancProcess:
+        server = start_orthanc(short_tmp / f"orthanc{next(counter)}", aet, **config)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def app(short_tmp: Path) -> Iterator[Any]:
+    """The Flask app on a fresh index and store (no sidecar: pages that ask it say it is down)."""
+    from dicomnode import config
+    from dicomnode import index
+    from webapp import create_app
+
+    settings = config.from_dict(make_config_doc(short_tmp / "app"))
+    application = create_app(settings)
+    application.config["TESTING"] = True
+    yield application
+    index.close_index()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def demo_files(short_tmp_session: Path) -> list[Path]:
+    """2 patients × 1 study × 2 series × 5 instances, 64×64 (20 files)."""
+    from dicomnode import demodata
+
+    return demodata.write(short_tmp_session / "demo", patients=2, studies=1, series=2, instances=5, size=64)
+
+
+def pydicom_test_files() -> list[Path]:
+    """Every DICOM file shipped in pydicom's test_files and charset_files folders."""
+    import pydicom.data
+
+    base = Path(pydicom.data.__file__).parent
+    files = []
+    for folder in ("test_files", "charset_files"):
+        for path in sorted((base / folder).rglob("*")):
+            if path.is_file() and path.suffix.lower() in (".dcm", "") and not path.name.startswith("."):
+                files.append(path)
+    return files
+
+
+@contextlib.contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Playwright driving Debian's Chromium, headless, with the flags this closed network needs."""
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """A headless Chromium for the session (``@pytest.mark.browser`` tests)."""
+    with chromium_browser() as b:
+        yield b
