@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import secrets
@@ -21,6 +22,10 @@ from webapp import paths
 from webapp.services import Services
 
 LOGGER = logging.getLogger(__name__)
+
+#: Blueprint modules, one per area (module name = blueprint name = template folder).
+BLUEPRINTS = ("system", "api", "browse", "upload", "qr", "jobs", "associations", "dicomweb",
+              "dicomweb_client")
 
 #: The main navigation; entries whose endpoint is not registered are left out.
 NAV = (
@@ -91,11 +96,14 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
     errors.init_app(app)
     auth.init_app(app)
 
-    from webapp import api
-    from webapp import system
-
-    app.register_blueprint(system.bp)
-    app.register_blueprint(api.bp)
+    for name in BLUEPRINTS:
+        try:
+            module = importlib.import_module(f"webapp.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"webapp.{name}":
+                continue  # an area not built (yet)
+            raise
+        app.register_blueprint(module.bp)
 
     @app.context_processor
     def _globals() -> dict[str, Any]:
