@@ -41,8 +41,12 @@ from dicomnode.render import render  # noqa: E402
 ORTHANC = Path("/usr/sbin/Orthanc")
 
 
-def make_ct(path: Path) -> None:
-    """Write a 512 x 512 signed 16-bit CT slice: a water cylinder with bone and air."""
+def make_ct(path: Path, *, window: bool = True) -> None:
+    """Write a 512 x 512 signed 16-bit CT slice: a water cylinder with bone and air.
+
+    With `window`, (0028,1050)/(0028,1051) are 40/400; without, Dolmen computes its
+    automatic (histogram percentile) window.
+    """
     rng = np.random.default_rng(1)
     y, x = np.mgrid[-256:256, -256:256]
     hu = np.full((512, 512), -1000.0)
@@ -74,8 +78,9 @@ def make_ct(path: Path) -> None:
     ds.PixelRepresentation = 1
     ds.RescaleIntercept = -1024
     ds.RescaleSlope = 1
-    ds.WindowCenter = 40
-    ds.WindowWidth = 400
+    if window:
+        ds.WindowCenter = 40
+        ds.WindowWidth = 400
     ds.PixelData = stored.tobytes()
     ds.save_as(path, enforce_file_format=True)
 
@@ -189,6 +194,9 @@ def main() -> None:
         dolmen = report("Dolmen render() PNG preview", timed(lambda: render(path), args.runs))
         report("Dolmen render() PNG thumbnail 256 px", timed(lambda: render(path, max_size=256), args.runs))
         report("Dolmen render() JPEG preview", timed(lambda: render(path, fmt="jpeg"), args.runs))
+        auto = workdir / "ct-no-window.dcm"
+        make_ct(auto, window=False)
+        report("Dolmen render() PNG preview, auto window", timed(lambda: render(auto), args.runs))
         if ORTHANC.exists():
             orthanc = bench_orthanc(path, workdir, args.runs)
             if orthanc is not None:

@@ -1,18 +1,19 @@
 """Tests of dicomnode.render: pydicom's test images against DCMTK's rendering of them.
 
 The table and how both renderers are made to use the same window are in
-``tests/render_reference.py``. Run with ``-s`` to see the measured differences.
+``tests/render_reference.py``. DCMTK runs through conftest's ``dcmtk`` fixture
+(TCP_NODELAY=1). Run with ``-s`` to see the measured differences.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import statistics
 import subprocess
 import time
 import tracemalloc
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.encaps import get_frame
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels import pixel_array
 from pydicom.uid import MPEG2MPML
 from pydicom.uid import CTImageStorage
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pydicom.uid import EncapsulatedPDFStorage
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.uid import RLELossless
@@ -49,25 +52,12 @@ from dicomnode.render import placeholder
 from dicomnode.render import render
 
 Array = npt.NDArray[np.uint8]
+Dcmtk = Callable[..., subprocess.CompletedProcess[str]]
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a DCMTK command-line tool, with TCP_NODELAY=1 like every DCMTK call in the tests."""
-    if shutil.which(tool) is None:
-        pytest.skip(f"DCMTK's {tool} is not installed")
-    return subprocess.run(
-        [tool, *args],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def bundled(name: str) -> Path:
@@ -86,10 +76,12 @@ def pixels(data: bytes) -> Array:
     return np.asarray(decode_png(data))
 
 
-def dcmtk_render(tool: str, source: Path, out: Path, *options: str) -> Array:
-    """Render `source` with a DCMTK tool as PNG (overlays off) and return the pixels."""
-    result = dcmtk(tool, "-O", *options, "+on", str(source), str(out))
-    assert result.returncode == 0, f"{tool} failed: {result.stderr}"
+def dcmtk_render(dcmtk: Dcmtk, tool: str, source: Path, out: Path, *options: str) -> Array:
+    """Render `source` with a DCMTK tool as PNG (overlays off) and return the pixels.
+
+    `dcmtk` is conftest's fixture, which runs the tool with TCP_NODELAY=1.
+    """
+    dcmtk(tool, "-O", *options, "+on", source, out)
     return np.asarray(Image.open(out))
 
 
@@ -101,7 +93,9 @@ def min_max_window(path: Path, frame: int) -> Window:
     return Window((low + high + 1) / 2, max(high - low + 1, 1))
 
 
-def reference_rendering(entry: Entry, frame: int, tmp_path: Path) -> tuple[Array, Window | None]:
+def reference_rendering(
+    dcmtk: Dcmtk, entry: Entry, frame: int, tmp_path: Path
+) -> tuple[Array, Window | None]:
     """Return the reference pixels of `entry` and the window Dolmen must use to match."""
     path = bundled(entry.name)
     source = bundled(entry.twin) if entry.twin else path
@@ -129,7 +123,7 @@ def reference_rendering(entry: Entry, frame: int, tmp_path: Path) -> tuple[Array
     elif entry.window == "minmax":
         options.append("+Wm")
         window = min_max_window(path, frame)
-    return dcmtk_render(tool, source, tmp_path / f"dcmtk-{frame}.png", *options), window
+    return dcmtk_render(dcmtk, tool, source, tmp_path / f"dcmtk-{frame}.png", *options), window
 
 
 def compare(name: str, ours: Array, reference: Array, max_mean: float = 1.0, max_abs: int = 2) -> None:
@@ -196,8 +190,8 @@ def test_table_covers_every_bundled_image() -> None:
 
 
 @pytest.mark.parametrize("entry", RENDERED, ids=lambda entry: entry.name)
-def test_matches_reference(entry: Entry, tmp_path: Path) -> None:
-    reference, window = reference_rendering(entry, 0, tmp_path)
+def test_matches_reference(entry: Entry, tmp_path: Path, dcmtk: Dcmtk) -> None:
+    reference, window = reference_rendering(dcmtk, entry, 0, tmp_path)
     image = decode_png(render(bundled(entry.name), window=window))
     assert image.format == "PNG"
     assert image.size == entry.size
@@ -206,9 +200,9 @@ def test_matches_reference(entry: Entry, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("entry", MULTI_FRAME, ids=lambda entry: entry.name)
-def test_last_frame_matches_reference(entry: Entry, tmp_path: Path) -> None:
+def test_last_frame_matches_reference(entry: Entry, tmp_path: Path, dcmtk: Dcmtk) -> None:
     last = entry.frames - 1
-    reference, window = reference_rendering(entry, last, tmp_path)
+    reference, window = reference_rendering(dcmtk, entry, last, tmp_path)
     path = bundled(entry.name)
     ours = pixels(render(path, frame=last, window=window))
     compare(f"{entry.name} frame {last + 1}", ours, reference, entry.max_mean, entry.max_abs)
@@ -303,34 +297,34 @@ def test_frame_count_and_has_pixels() -> None:
 # --------------------------------------------------------------------------- windows and colour
 
 
-def test_explicit_window_overrides_the_file_and_matches_dcmtk(tmp_path: Path) -> None:
+def test_explicit_window_overrides_the_file_and_matches_dcmtk(tmp_path: Path, dcmtk: Dcmtk) -> None:
     path = bundled("MR_small.dcm")
     window = Window(900, 700)
     ours = pixels(render(path, window=window))
     assert not np.array_equal(ours, pixels(render(path)))
-    reference = dcmtk_render("dcm2pnm", path, tmp_path / "ww.png", "+Ww", "900", "700")
+    reference = dcmtk_render(dcmtk, "dcm2pnm", path, tmp_path / "ww.png", "+Ww", "900", "700")
     compare("MR_small.dcm +Ww 900 700", ours, reference)
 
 
-def test_sigmoid_window_matches_dcmtk(tmp_path: Path) -> None:
+def test_sigmoid_window_matches_dcmtk(tmp_path: Path, dcmtk: Dcmtk) -> None:
     path = bundled("CT_small.dcm")
     ours = pixels(render(path, window=Window(40, 400, "SIGMOID")))
-    reference = dcmtk_render("dcm2pnm", path, tmp_path / "sig.png", "+Ww", "40", "400", "+Wfs")
+    reference = dcmtk_render(dcmtk, "dcm2pnm", path, tmp_path / "sig.png", "+Ww", "40", "400", "+Wfs")
     compare("CT_small.dcm SIGMOID 40/400", ours, reference)
 
 
-def test_monochrome1_is_inverted_like_dcmtk(tmp_path: Path) -> None:
+def test_monochrome1_is_inverted_like_dcmtk(tmp_path: Path, dcmtk: Dcmtk) -> None:
     ds = pydicom.dcmread(bundled("CT_small.dcm"))
     ds.PhotometricInterpretation = "MONOCHROME1"
     path = write(ds, tmp_path / "mono1.dcm")
     window = min_max_window(path, 0)
     ours = pixels(render(path, window=window))
-    compare("CT_small as MONOCHROME1", ours, dcmtk_render("dcm2pnm", path, tmp_path / "m1.png", "+Wm"))
+    compare("CT_small as MONOCHROME1", ours, dcmtk_render(dcmtk, "dcm2pnm", path, tmp_path / "m1.png", "+Wm"))
     mono2 = pixels(render(bundled("CT_small.dcm"), window=window))
     assert np.array_equal(ours, 255 - mono2)
 
 
-def test_voi_lut_sequence_matches_dcmtk(tmp_path: Path) -> None:
+def test_voi_lut_sequence_matches_dcmtk(tmp_path: Path, dcmtk: Dcmtk) -> None:
     ds = pydicom.dcmread(bundled("MR_small.dcm"))
     del ds.WindowCenter, ds.WindowWidth
     values = ds.pixel_array
@@ -344,7 +338,70 @@ def test_voi_lut_sequence_matches_dcmtk(tmp_path: Path) -> None:
     ds["VOILUTSequence"].value[0]["LUTData"].VR = "US"
     path = write(ds, tmp_path / "voilut.dcm")
     ours = pixels(render(path))
-    compare("MR_small with a VOI LUT", ours, dcmtk_render("dcm2pnm", path, tmp_path / "lut.png", "+Wl", "1"))
+    compare(
+        "MR_small with a VOI LUT",
+        ours,
+        dcmtk_render(dcmtk, "dcm2pnm", path, tmp_path / "lut.png", "+Wl", "1"),
+    )
+
+
+def test_modality_lut_sequence_matches_dcmtk(tmp_path: Path, dcmtk: Dcmtk) -> None:
+    ds = pydicom.dcmread(bundled("MR_small.dcm"))
+    del ds.WindowCenter, ds.WindowWidth
+    values = ds.pixel_array
+    first, count = int(values.min()), int(values.max() - values.min()) + 1
+    item = Dataset()
+    item.LUTDescriptor = [count, first, 12]
+    item.ModalityLUTType = "US"
+    table = np.rint(np.linspace(0.0, 1.0, count) ** 2 * 4095).astype(int)
+    item.LUTData = [int(v) for v in table]
+    ds.ModalityLUTSequence = [item]
+    ds["ModalityLUTSequence"].value[0]["LUTDescriptor"].VR = "SS"
+    ds["ModalityLUTSequence"].value[0]["LUTData"].VR = "US"
+    path = write(ds, tmp_path / "mlut.dcm")
+    # 12 bits per entry, as real files have: pydicom's apply_modality_lut cannot
+    # (dtype "uint12"), so the min-max window comes from the table directly.
+    mapped = table[values - first]
+    low, high = int(mapped.min()), int(mapped.max())
+    ours = pixels(render(path, window=Window((low + high + 1) / 2, high - low + 1)))
+    compare(
+        "MR_small with a Modality LUT", ours, dcmtk_render(dcmtk, "dcm2pnm", path, tmp_path / "m.png", "+Wm")
+    )
+
+
+def test_enhanced_functional_groups_give_each_frame_its_window(tmp_path: Path, dcmtk: Dcmtk) -> None:
+    """Per-frame (0028,9132) Frame VOI LUT and shared (0028,9145) Pixel Value Transformation."""
+    mr = pydicom.dcmread(bundled("MR_small.dcm"))
+    stored = mr.pixel_array.astype(np.int16)
+    windows = [Window(600, 800), Window(1200, 400), Window(300, 300)]
+    multi = image_dataset(64, 64, np.stack([stored] * 3).tobytes(), NumberOfFrames=3, PixelRepresentation=1)
+    transformation = Dataset()
+    transformation.RescaleSlope = 2
+    transformation.RescaleIntercept = -100
+    transformation.RescaleType = "US"
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = [transformation]
+    multi.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for window in windows:
+        voi = Dataset()
+        voi.WindowCenter = window.center
+        voi.WindowWidth = window.width
+        group = Dataset()
+        group.FrameVOILUTSequence = [voi]
+        per_frame.append(group)
+    multi.PerFrameFunctionalGroupsSequence = per_frame
+    path = write(multi, tmp_path / "enhanced.dcm")
+
+    single = image_dataset(
+        64, 64, stored.tobytes(), PixelRepresentation=1, RescaleSlope=2, RescaleIntercept=-100
+    )
+    plain = write(single, tmp_path / "plain.dcm")
+    for index, window in enumerate(windows):
+        ours = pixels(render(path, frame=index))
+        center, width = f"{window.center:g}", f"{window.width:g}"
+        reference = dcmtk_render(dcmtk, "dcm2pnm", plain, tmp_path / f"fg{index}.png", "+Ww", center, width)
+        compare(f"functional groups frame {index + 1}", ours, reference)
 
 
 def test_automatic_window_uses_percentiles_and_ignores_padding() -> None:
@@ -359,6 +416,8 @@ def test_automatic_window_uses_percentiles_and_ignores_padding() -> None:
     black = float(np.mean(auto[body] == 0))
     assert 0.002 <= white <= 0.02 and 0.002 <= black <= 0.02
     assert not np.array_equal(auto, pixels(render(path, window=min_max_window(path, 0))))
+    dose = pixels(render(bundled("rtdose.dcm"), frame=3))  # 32-bit: the float path
+    assert dose.min() == 0 and dose.max() == 255
 
 
 def test_presets_and_window_validation() -> None:
@@ -509,6 +568,72 @@ def test_absurd_frame_count_in_compressed_data(tmp_path: Path) -> None:
     path = write(ds, tmp_path / "frames.dcm")
     with pytest.raises(RenderError, match="Number of Frames is 1000000000"):
         render(path)
+
+
+def test_deflate_bomb_is_refused_without_inflating_it_in_memory(tmp_path: Path) -> None:
+    """600 MiB of zeros deflate to about 0.6 MB; render() must not inflate them at once."""
+    ds = image_dataset(16384, 16384, b"\x00\x00")
+
+    def encoded(transfer_syntax: str) -> tuple[bytes, bytes]:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+        # (0002,0000) File Meta Information Group Length is the first element after "DICM".
+        meta_end = 144 + int.from_bytes(data[140:144], "little")
+        return data[:meta_end], data[meta_end:]
+
+    meta, _ = encoded(DeflatedExplicitVRLittleEndian)
+    _, body = encoded(ExplicitVRLittleEndian)
+    body = body[: body.rindex(b"\xe0\x7f\x10\x00OW")]  # drop the 2-byte Pixel Data
+    size = 600 * 1024 * 1024
+    deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(body + b"\xe0\x7f\x10\x00OW\x00\x00" + size.to_bytes(4, "little"))]
+    zeros = bytes(16 * 1024 * 1024)
+    parts += [deflater.compress(zeros) for _ in range(size // len(zeros))]
+    parts.append(deflater.flush())
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(meta + b"".join(parts))
+    assert path.stat().st_size < 5 * 1024 * 1024
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderError, match="inflates to more than 512 MiB"):
+            render(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("name", "header", "offset"),
+    [
+        ("SC_rgb_jpeg_dcmtk.dcm", b"\xff\xc0", 5),  # JPEG SOF0: length(2) precision(1), then Y, X
+        ("MR_small_jp2klossless.dcm", b"\xff\x4f\xff\x51", 8),  # SIZ: Lsiz Rsiz, then Xsiz, Ysiz
+    ],
+)
+def test_codestream_claiming_a_huge_image_is_refused(
+    name: str, header: bytes, offset: int, tmp_path: Path
+) -> None:
+    """The codec allocates from the codestream header, so it must agree with Rows/Columns."""
+    ds = pydicom.dcmread(bundled(name))
+    frame = bytearray(get_frame(ds.PixelData, 0, number_of_frames=1))
+    at = frame.index(header) + offset
+    if header == b"\xff\xc0":
+        frame[at : at + 4] = (60000).to_bytes(2, "big") * 2
+    else:
+        frame[at : at + 8] = (60000).to_bytes(4, "big") * 2
+    ds.PixelData = encapsulate([bytes(frame)])
+    path = write(ds, tmp_path / "huge.dcm")
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderError, match="its codestream describes 60000 x 60000 pixels"):
+            render(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024
 
 
 def test_unsupported_transfer_syntax(tmp_path: Path) -> None:
