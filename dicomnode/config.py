@@ -139,6 +139,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage.min_free_mb", int, 256, "Refuse new objects when the storage volume has less free space than this, in MiB.", _non_negative),
     Setting("storage.fsync", bool, True, "fsync each file and its folder before acknowledging (turn off only on battery-backed storage).", None),
     Setting("log.level", str, "INFO", "DEBUG, INFO, WARNING or ERROR.", _check_level),
+    Setting("jobs.concurrency", int, 2, "Jobs (send, retrieve, DICOMweb transfers) run at once by the DICOM service.", _positive),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}

@@ -18,6 +18,7 @@ from typing import Any
 from dicomnode import __version__
 from dicomnode import config
 from dicomnode import index
+from dicomnode import jobs
 from dicomnode import netpatch
 from dicomnode import nodes
 from dicomnode import reconcile
@@ -44,6 +45,7 @@ class Sidecar:
         self.ctx = scp.Context(settings, self.ingestor)
         self.server: Any = None
         self.control: ControlServer | None = None
+        self.runner = jobs.Runner(settings, self.ingestor)
         self.port = 0
 
     def start(self) -> None:
@@ -63,6 +65,10 @@ class Sidecar:
         self.control = ControlServer(self.settings.control_socket)
         self.control.register("status", self.op_status)
         self.control.register("echo", self.op_echo)
+        self.control.register("job_submit", self.op_job_submit)
+        self.control.register("job_cancel", self.op_job_cancel)
+        self.control.register("job_retry", self.op_job_retry)
+        self.runner.start()
         self.control.start()
         # Files renamed into the store just before a crash have no row: index them, in the
         # background so that the port is open at once.
@@ -94,14 +100,41 @@ class Sidecar:
             raise DolmenError("echo needs a modality name", code="bad_request")
         return scu.echo(self.settings, nodes.get_node(self.settings, name))
 
+    def op_job_submit(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``job_submit``: queue a job of a registered kind (see :mod:`dicomnode.jobs`)."""
+        kind, target = args.get("kind"), args.get("target", "")
+        params, description = args.get("params") or {}, args.get("description", "")
+        if not isinstance(kind, str) or not isinstance(params, dict) or not isinstance(target, str) \
+                or not isinstance(description, str):
+            raise DolmenError("job_submit needs kind, target, params (an object) and description",
+                              code="bad_request")
+        return {"job": jobs.submit(kind, target, params, description)}
+
+    def op_job_cancel(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``job_cancel``: stop a job (``{"job": id}``); answers its state."""
+        job_id = _job_id(args)
+        return {"job": job_id, "state": jobs.cancel(job_id)}
+
+    def op_job_retry(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``job_retry``: queue a failed or cancelled job again; answers the new id."""
+        return {"job": jobs.retry(_job_id(args))}
+
     def stop(self) -> None:
-        """Stop serving: control socket first, then the AE (aborting open associations)."""
+        """Stop serving: control socket first, then the jobs, then the AE (aborting associations)."""
         if self.control is not None:
             self.control.stop()
+        self.runner.stop()
         if self.server is not None:
             self.ae.shutdown()
         index.close_index()
         self.stopped.set()
+
+
+def _job_id(args: dict[str, Any]) -> int:
+    value = args.get("job")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DolmenError("this operation needs a job id (\"job\": 12)", code="bad_request")
+    return value
 
 
 def _watch_stdin(on_eof: Any) -> None:
