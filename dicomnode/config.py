@@ -96,6 +96,12 @@ def _check_pdu(value: int) -> str | None:
     return "must be 0 (no limit) or between 4096 and 16777216"
 
 
+def _check_root(value: str) -> str | None:
+    if not value.startswith("/") or value.strip("/") == "" or any(c.isspace() or c in "?#<>" for c in value):
+        return "must be a path like /dicom-web/ (starting with /, not / alone)"
+    return None
+
+
 def _check_syntaxes(value: list[str]) -> str | None:
     for uid in value:
         if uid != "all" and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid):
@@ -139,6 +145,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage.min_free_mb", int, 256, "Refuse new objects when the storage volume has less free space than this, in MiB.", _non_negative),
     Setting("storage.fsync", bool, True, "fsync each file and its folder before acknowledging (turn off only on battery-backed storage).", None),
     Setting("log.level", str, "INFO", "DEBUG, INFO, WARNING or ERROR.", _check_level),
+    Setting("dicomweb.root", str, "/dicom-web/", "Path of the DICOMweb service (QIDO-RS, WADO-RS, STOW-RS) and of the DICOMweb client's JSON endpoints.", _check_root),
+    Setting("dicomweb.wado_root", str, "/wado", "Path of the WADO-URI service.", _check_root),
     Setting("jobs.concurrency", int, 2, "Jobs (send, retrieve, DICOMweb transfers) run at once by the DICOM service.", _positive),
 )
 
@@ -155,6 +163,14 @@ MODALITY_KEYS: dict[str, tuple[type, Any, str]] = {
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
+#: Keys of one ``[dicomweb.servers.NAME]`` table (a remote DICOMweb server).
+DICOMWEB_SERVER_KEYS: dict[str, tuple[type, Any, str]] = {
+    "url": (str, None, "Base URL of the remote DICOMweb service, e.g. https://pacs.example.org/dicom-web (required)."),
+    "username": (str, "", "User name for HTTP Basic authentication."),
+    "password": (str, "", "Password for HTTP Basic authentication."),
+    "headers": (dict, {}, 'Extra HTTP headers sent with each request, e.g. {Authorization = "Bearer ..."}.'),
+}
+
 
 @dataclass(frozen=True)
 class ModalityConfig:
@@ -169,6 +185,17 @@ class ModalityConfig:
 
 
 @dataclass(frozen=True)
+class DicomwebServerConfig:
+    """A remote DICOMweb server declared in ``[dicomweb.servers.NAME]``."""
+
+    name: str
+    url: str
+    username: str = ""
+    password: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Settings:
     """The frozen, checked configuration. Read values with ``settings["dicom.aet"]``."""
 
@@ -176,6 +203,7 @@ class Settings:
     modalities: tuple[ModalityConfig, ...] = ()
     source: str | None = None
     users: Mapping[str, str] = field(default_factory=dict)
+    dicomweb_servers: tuple[DicomwebServerConfig, ...] = ()
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -227,6 +255,11 @@ class Settings:
         }
         if self.users:
             raw["http"]["users"] = dict(self.users)
+        if self.dicomweb_servers:
+            raw["dicomweb"]["servers"] = {
+                s.name: {"url": s.url, "username": s.username, "password": s.password, "headers": dict(s.headers)}
+                for s in self.dicomweb_servers
+            }
         return raw
 
 
@@ -261,6 +294,7 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
     sections = {s.key.split(".")[0] for s in SETTINGS} | {"modalities"}
     modalities: list[ModalityConfig] = []
     users: dict[str, str] = {}
+    dicomweb_servers: list[DicomwebServerConfig] = []
     for section, table in raw.items():
         if section not in sections:
             raise ConfigError(f"[{section}]: unknown section; known sections are "
@@ -274,6 +308,9 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
             key = f"{section}.{name}"
             if key == "http.users":
                 users = _users(value)
+                continue
+            if key == "dicomweb.servers":
+                dicomweb_servers = _dicomweb_servers(value)
                 continue
             setting = _BY_KEY.get(key)
             if setting is None:
@@ -296,7 +333,8 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
     dup = {a for a in aets if aets.count(a) > 1}
     if dup:
         raise ConfigError(f"[modalities]: AE title {sorted(dup)[0]!r} is declared twice")
-    return Settings(values=values, modalities=tuple(modalities), source=source, users=users)
+    return Settings(values=values, modalities=tuple(modalities), source=source, users=users,
+                    dicomweb_servers=tuple(dicomweb_servers))
 
 
 def _users(value: Any) -> dict[str, str]:
@@ -306,6 +344,32 @@ def _users(value: Any) -> dict[str, str]:
         if not isinstance(hashed, str) or ":" not in hashed:
             raise ConfigError(f"[http.users] {user}: must be a password hash made by `dolmen passwd`")
     return dict(value)
+
+
+def _dicomweb_servers(value: Any) -> list[DicomwebServerConfig]:
+    if not isinstance(value, dict):
+        raise ConfigError("[dicomweb.servers]: must hold one table per server, [dicomweb.servers.NAME]")
+    servers = []
+    for name, table in value.items():
+        where = f"[dicomweb.servers.{name}]"
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a name uses letters, digits, '-', '_' or '.' only")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table with at least url")
+        out: dict[str, Any] = {}
+        for key, item in table.items():
+            if key not in DICOMWEB_SERVER_KEYS:
+                raise ConfigError(f"{where} {key}: unknown key; known keys are {', '.join(DICOMWEB_SERVER_KEYS)}")
+            out[key] = _coerce(f"{where} {key}", DICOMWEB_SERVER_KEYS[key][0], item)
+        url = out.get("url", "")
+        if not re.fullmatch(r"https?://[^\s/?#]+[^\s?#]*", url):
+            raise ConfigError(f"{where} url: {'missing' if not url else 'must be an http:// or https:// URL'}")
+        headers = out.get("headers", {})
+        if not all(isinstance(v, str) for v in headers.values()):
+            raise ConfigError(f"{where} headers: each header value must be a string")
+        out["headers"] = dict(headers)
+        servers.append(DicomwebServerConfig(name=name, **out))
+    return servers
 
 
 def _modality(name: str, table: Any) -> ModalityConfig:
