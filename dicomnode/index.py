@@ -183,7 +183,20 @@ class AssociationEvent(BaseModel):
     duration = FloatField(default=0.0)
 
 
-MODELS: tuple[type[BaseModel], ...] = (Patient, Study, Series, Instance, Modality, Job, AssociationEvent)
+class DicomwebServer(BaseModel):
+    """A remote DICOMweb server added in the DICOMweb page (config ones are not stored here)."""
+
+    pk = AutoField()
+    name = CharField(unique=True)
+    url = CharField(max_length=1024)
+    username = CharField(default="")
+    password = CharField(default="")  # sent as HTTP Basic; kept like the config file keeps it
+    headers = TextField(default="{}")  # JSON object of extra HTTP headers
+    created_at = DateTimeField(default=utcnow)
+
+
+MODELS: tuple[type[BaseModel], ...] = (Patient, Study, Series, Instance, Modality, Job, AssociationEvent,
+                                       DicomwebServer)
 
 
 class IndexUnavailable(DolmenError):

@@ -90,7 +90,7 @@ ENDED = (SUCCESS, FAILURE, CANCELLED)
 INTERRUPTED = "interrupted: the DICOM service restarted"
 
 #: Modules that register job kinds when imported (the runner imports each at start).
-KIND_MODULES: tuple[str, ...] = ("dicomnode.transfer",)
+KIND_MODULES: tuple[str, ...] = ("dicomnode.transfer", "dicomnode.dicomweb")
 
 #: Seconds between two progress writes of one job.
 PROGRESS_INTERVAL = 0.5
