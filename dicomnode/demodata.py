@@ -129,3 +129,30 @@ def write(out: str | os.PathLike[str], **shape: int) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_large(path: str | os.PathLike[str], megabytes: int, *, p: int = 900, st: int = 0, se: int = 0,
+                i: int = 0) -> Path:
+    """Write one multi-frame 512×512 16-bit instance of about ``megabytes`` MiB, streamed to disk.
+
+    For tests and benchmarks of large transfers: the pixel data is written in chunks, so
+    making a 2 GB object needs no 2 GB of memory.
+    """
+    frames = max(1, megabytes * 1024 * 1024 // (512 * 512 * 2))
+    ds = make_instance(p, st, se, i, 16)
+    del ds.PixelData
+    ds.Rows = ds.Columns = 512
+    ds.NumberOfFrames = frames
+    ds.FrameIncrementPointer = 0x00181063
+    ds.FrameTime = 40.0
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    frame = pixels(512, p + st + se + i).tobytes()
+    length = len(frame) * frames
+    with open(path, "ab") as f:
+        # (7FE0,0010) Pixel Data, OW, explicit VR little endian: tag, VR, 2 reserved bytes, length.
+        f.write(b"\xe0\x7f\x10\x00OW\x00\x00" + length.to_bytes(4, "little"))
+        for _ in range(frames):
+            f.write(frame)
+    return path

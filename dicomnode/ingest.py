@@ -152,7 +152,8 @@ def read_header(path: str | os.PathLike[str]) -> Dataset:
         raise RejectedInstance(f"Not a readable DICOM file: {exc}") from exc
     except Exception as exc:
         raise RejectedInstance(f"The file is corrupt or truncated: {type(exc).__name__}: {exc}") from exc
-    if end > size:
+    deflated = str(ds.file_meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99"
+    if end > size and not deflated:  # a deflated dataset's offsets are in the inflated stream
         raise RejectedInstance(f"Truncated file: an element ends at byte {end} but the file has {size} bytes")
     if "TransferSyntaxUID" not in ds.file_meta:
         raise RejectedInstance("Missing file meta information: no (0002,0010) Transfer Syntax UID")
@@ -174,10 +175,8 @@ def _header(ds: Dataset) -> _Header:
     study_uid = _uid(ds, "StudyInstanceUID", "Study Instance UID")
     series_uid = _uid(ds, "SeriesInstanceUID", "Series Instance UID")
     sop_class = _uid(ds, "SOPClassUID", "SOP Class UID")
-    meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "").strip(" \x00")
-    if meta_sop and meta_sop != sop_uid:
-        raise RejectedInstance(
-            f"The file meta says SOP Instance UID {meta_sop[:64]!r} but the dataset says {sop_uid!r}")
+    # A file whose meta disagrees with its dataset (common in the wild) is filed under the
+    # dataset's UID, as Orthanc does; over C-STORE the command set is checked instead.
     # Text values are decoded with (0008,0005) Specific Character Set as they are read.
     name = _text(ds, "PatientName")
     frames = _int(ds, "NumberOfFrames")
