@@ -343,3 +343,71 @@ def order(query: peewee.ModelSelect, level: str, sort: str | None, descending: b
     fields = keys.get(sort or "", None) or next(iter(keys.values()), ())
     pk = MODEL[level].pk
     return query.order_by(*[(f.desc() if descending else f.asc()) for f in fields], pk.desc() if descending else pk.asc())
+
+
+# -- lists: counting and paging ---------------------------------------------------------------
+
+
+def is_universal(filters: Mapping[str, Any]) -> bool:
+    """True when no filter restricts anything (every value is universal matching, C.2.2.2.3)."""
+    for key, value in filters.items():
+        attr = attribute(key)
+        if attr is not None and attr.field is not None and condition(attr, value) is not None:
+            return False
+    return True
+
+
+def count(level: str, filters: Mapping[str, Any], *, case_sensitive_pn: bool = False) -> int:
+    """The number of rows of ``level`` matching ``filters``.
+
+    An unfiltered count reads the level's table alone instead of counting over the joins
+    :func:`select` makes, which keeps the landing lists cheap with 100,000 studies.
+    """
+    level = level.upper()
+    if level in MODEL and is_universal(filters):
+        return int(MODEL[level].select().count())
+    return int(select(level, filters, case_sensitive_pn=case_sensitive_pn).count())
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a sorted list: its rows and where it sits among ``total`` matches."""
+
+    rows: list[Any]
+    number: int  # 1-based
+    size: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.size))
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+    @property
+    def has_next(self) -> bool:
+        return self.number < self.pages
+
+    @property
+    def first(self) -> int:
+        """1-based position of the first row shown (0 when the page is empty)."""
+        return (self.number - 1) * self.size + 1 if self.rows else 0
+
+    @property
+    def last(self) -> int:
+        return (self.number - 1) * self.size + len(self.rows)
+
+
+def paginate(query: peewee.ModelSelect, number: int, size: int, total: int) -> Page:
+    """Page ``number`` (1-based, clamped to the last page) of ``size`` rows of a sorted query.
+
+    LIMIT/OFFSET over an ORDER BY on indexed columns (see :data:`ORDER`); ``total`` comes
+    from :func:`count`.
+    """
+    size = max(1, size)
+    last = max(1, -(-total // size))
+    number = min(max(1, number), last)
+    rows = list(query.limit(size).offset((number - 1) * size))
+    return Page(rows, number, size, total)
