@@ -33,6 +33,7 @@ from dicomnode.index import Series
 from dicomnode.index import Study
 from dicomnode.index import utcnow
 from dicomnode.index import write_transaction
+from dicomnode.resources import remove_instance_rows
 from dicomnode.store import Store
 
 LOGGER = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ class Ingestor:
                     if not self.overwrite:
                         raise _Duplicate(found)
                     old_path = found[2]
-                    self._remove_instance_rows(Instance.get_by_id(found[0]))
+                    remove_instance_rows([found[0]], prune=False)  # same series: keep parents
                 self._insert(head, source, rel, size, pid, stid, seid, inid)
         except _Duplicate as dup:
             self.store.delete(rel)
@@ -406,21 +407,6 @@ class Ingestor:
             f"UPDATE patient SET num_instances = num_instances + 1, size = size + {p}, "
             f"num_series = num_series + {p}, num_studies = num_studies + {p}, updated_at = {p} "
             f"WHERE pk = {p}", (size, int(new_series), int(new_study), now, patient_pk))
-
-    @staticmethod
-    def _remove_instance_rows(instance: Instance) -> None:
-        """Delete an instance row and fix its parents' counters (no file is touched)."""
-        series = instance.series
-        study = series.study
-        patient = study.patient
-        size = instance.file_size
-        instance.delete_instance()
-        Series.update(num_instances=Series.num_instances - 1, size=Series.size - size).where(
-            Series.pk == series.pk).execute()
-        Study.update(num_instances=Study.num_instances - 1, size=Study.size - size).where(
-            Study.pk == study.pk).execute()
-        Patient.update(num_instances=Patient.num_instances - 1, size=Patient.size - size).where(
-            Patient.pk == patient.pk).execute()
 
 
 def _existing(sop_instance_uid: str) -> tuple[int, str, str] | None:
