@@ -38,7 +38,8 @@ A *kind* is a name and a function that does the work in a runner thread of the s
   with ``control.call("job_submit", kind=..., target=..., params=..., description=...)``
   (or a dedicated op such as ``send``), which answers ``{"job": id}``.
 * Inside ``run(job)``: ``job.params``, ``job.settings``, ``job.ingestor``, ``job.store``;
-  ``job.progress(done=, total=, failed=, warning=, bytes_done=)`` (written to the index at
+  ``job.progress(done=, total=, failed=, warning=, bytes_done=)`` (``done`` counts items
+  handled successfully, warnings included; ``warning`` is a subset; written to the index at
   most every :data:`PROGRESS_INTERVAL` seconds, and always at the end);
   ``job.fail_item(**detail)`` records one failed item (with the peer's status code when there
   is one) and counts it; ``job.note(**entry)`` appends to the transcript;
@@ -269,13 +270,16 @@ def details_of(job: Job) -> list[dict[str, Any]]:
 
 
 def percent(job: Job) -> int:
-    """Progress in whole percent: items handled over the total (100 when a job succeeded)."""
+    """Progress in whole percent: items handled (done or failed) over the total; 100 on success.
+
+    ``done`` counts items handled successfully, warnings included (``warning`` is a subset).
+    """
     if job.state == SUCCESS:
         return 100
     total = int(job.total or 0)
     if total <= 0:
         return 0
-    handled = int(job.done or 0) + int(job.failed or 0) + int(job.warning or 0)
+    handled = int(job.done or 0) + int(job.failed or 0)
     return max(0, min(100, handled * 100 // total))
 
 
@@ -347,9 +351,14 @@ class JobContext:
                 self.dropped += 1
             self._dirty = True
 
-    def fail_item(self, **detail: Any) -> None:
-        """Record one failed item (e.g. ``sop_instance_uid=..., status=0xA700, message=...``)."""
-        self.failed += 1
+    def fail_item(self, *, count: bool = True, **detail: Any) -> None:
+        """Record one failed item (e.g. ``sop_instance_uid=..., status="0xA700", message=...``).
+
+        ``count=False`` records it without adding to ``failed`` (when the peer's own counters
+        already include it).
+        """
+        if count:
+            self.failed += 1
         self._append({"type": "failure", **detail})
         self.flush()
 

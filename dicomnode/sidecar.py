@@ -24,12 +24,16 @@ from dicomnode import nodes
 from dicomnode import reconcile
 from dicomnode import scp
 from dicomnode import scu
+from dicomnode import transfer
 from dicomnode.control import ControlServer
 from dicomnode.errors import DolmenError
 from dicomnode.ingest import Ingestor
 from dicomnode.store import Store
 
 LOGGER = logging.getLogger("dicomnode.sidecar")
+
+#: Most answers a ``find`` returns (the rest of a larger result is cut off and flagged).
+FIND_LIMIT = 1000
 
 
 class Sidecar:
@@ -65,6 +69,11 @@ class Sidecar:
         self.control = ControlServer(self.settings.control_socket)
         self.control.register("status", self.op_status)
         self.control.register("echo", self.op_echo)
+        self.control.register("find", self.op_find)
+        self.control.register("move", self.op_move)
+        self.control.register("get", self.op_get)
+        self.control.register("send", self.op_send)
+        self.control.register("connectivity_test", self.op_connectivity_test)
         self.control.register("job_submit", self.op_job_submit)
         self.control.register("job_cancel", self.op_job_cancel)
         self.control.register("job_retry", self.op_job_retry)
@@ -99,6 +108,79 @@ class Sidecar:
         if not isinstance(name, str) or not name:
             raise DolmenError("echo needs a modality name", code="bad_request")
         return scu.echo(self.settings, nodes.get_node(self.settings, name))
+
+    def _node(self, args: dict[str, Any]) -> nodes.Node:
+        name = args.get("modality")
+        if not isinstance(name, str) or not name:
+            raise DolmenError("this operation needs a modality name", code="bad_request")
+        return nodes.get_node(self.settings, name)
+
+    def op_find(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``find``: C-FIND a modality, synchronously, at most ``limit`` answers (1000 max).
+
+        Args ``modality``, ``level``, ``filters`` ``{keyword: value}``, optional ``return_keys``
+        and ``limit``; answers ``answers``, ``truncated``, ``status``, ``transcript``.
+        """
+        node = self._node(args)
+        filters = args.get("filters") or {}
+        return_keys = args.get("return_keys")
+        limit = args.get("limit", 200)
+        if not isinstance(filters, dict) or not all(isinstance(v, (str, int)) for v in filters.values()):
+            raise DolmenError("filters must be an object of keyword: text", code="bad_request")
+        if return_keys is not None and not (isinstance(return_keys, list)
+                                            and all(isinstance(k, str) for k in return_keys)):
+            raise DolmenError("return_keys must be a list of keywords", code="bad_request")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise DolmenError("limit must be a positive whole number", code="bad_request")
+        return scu.find(self.settings, node, str(args.get("level", "STUDY")), filters,
+                        return_keys=return_keys, limit=min(limit, FIND_LIMIT))
+
+    def _retrieve(self, kind: str, args: dict[str, Any]) -> dict[str, Any]:
+        node = self._node(args)
+        level = str(args.get("level", "STUDY")).upper()
+        keys = args.get("keys")
+        if not isinstance(keys, dict):
+            raise DolmenError(f"{kind} needs keys (the unique keys of what to retrieve)", code="bad_request")
+        keys = scu.retrieve_keys(level, keys)
+        params: dict[str, Any] = {"modality": node.name, "level": level, "keys": keys,
+                                  "missing_only": bool(args.get("missing_only"))}
+        if kind == "move":
+            destination = str(args.get("destination") or self.settings["dicom.aet"]).strip()
+            problem = config.check_aet(destination)
+            if problem:
+                raise DolmenError(f"Destination AE title: {problem}", code="bad_request")
+            params.update(destination=destination, our_port=self.port)
+        sop_classes = args.get("sop_classes")
+        if isinstance(sop_classes, list):
+            params["sop_classes"] = [str(c) for c in sop_classes][:64]
+        description = str(args.get("description") or f"{level.lower()} {next(iter(keys.values()))}")
+        return {"job": jobs.submit(kind, node.name, params, description[:255])}
+
+    def op_move(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``move``: start a C-MOVE retrieve job; answers ``{"job": id}``."""
+        return self._retrieve("move", args)
+
+    def op_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``get``: start a C-GET retrieve job; answers ``{"job": id}``."""
+        return self._retrieve("get", args)
+
+    def op_send(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``send``: start a C-STORE job for local resources; answers ``{"job": id}``."""
+        node = self._node(args)
+        resources = args.get("resources")
+        if not isinstance(resources, list) or not resources or not all(
+                isinstance(r, dict) and isinstance(r.get("level"), str) and isinstance(r.get("id"), str)
+                for r in resources):
+            raise DolmenError('send needs resources: [{"level": "study", "id": "..."}]', code="bad_request")
+        transfer.send_items(resources)  # refuse unknown resources now, not in the job
+        description = str(args.get("description") or ", ".join(f"{r['level']} {r['id']}" for r in resources))
+        return {"job": jobs.submit("send", node.name, {"modality": node.name, "resources": resources},
+                                   description[:255])}
+
+    def op_connectivity_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``connectivity_test``: C-ECHO, C-FIND probe and a C-MOVE of one instance to us."""
+        node = self._node(args)
+        return {"modality": node.name, "steps": scu.connectivity_test(self.settings, node, our_port=self.port)}
 
     def op_job_submit(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control op ``job_submit``: queue a job of a registered kind (see :mod:`dicomnode.jobs`)."""
