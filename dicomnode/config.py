@@ -159,6 +159,7 @@ MODALITY_KEYS: dict[str, tuple[type, Any, str]] = {
     "port": (int, 104, "DICOM port of the remote node."),
     "allow": (list, list(OPERATIONS), "What the node may ask of us: echo, store, find, move, get."),
     "description": (str, "", "Free text shown in the modalities page."),
+    "fallback_get": (bool, False, "Retrieve by C-GET when the node refuses our C-MOVE (it does not know our AE title)."),
 }
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -182,6 +183,7 @@ class ModalityConfig:
     port: int = 104
     allow: tuple[str, ...] = OPERATIONS
     description: str = ""
+    fallback_get: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ class Settings:
             raw.setdefault(section, {})[name] = value
         raw["modalities"] = {
             m.name: {"aet": m.aet, "host": m.host, "port": m.port, "allow": list(m.allow),
-                     "description": m.description}
+                     "description": m.description, "fallback_get": m.fallback_get}
             for m in self.modalities
         }
         if self.users:

@@ -35,7 +35,7 @@ class Node:
 
 
 def _from_config(m: ModalityConfig) -> Node:
-    return Node(m.name, m.aet, m.host, m.port, tuple(m.allow), m.description, "config")
+    return Node(m.name, m.aet, m.host, m.port, tuple(m.allow), m.description, "config", m.fallback_get)
 
 
 def _from_row(m: Modality) -> Node:
