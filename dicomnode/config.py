@@ -139,6 +139,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http.port", int, 8042, "TCP port of the web server (0 picks a free port).", _check_port_or_zero),
     Setting("http.threads", int, 8, "Web server worker threads.", _positive),
     Setting("http.max_upload_mb", int, 2048, "Largest HTTP request body accepted, in MiB.", _positive),
+    Setting("http.max_zip_entries", int, 50000, "Most entries a ZIP file sent to the upload page may hold.", _positive),
+    Setting("http.max_zip_mb", int, 16384, "Most a ZIP file sent to the upload page may unpack to, in MiB (zip bombs).", _positive),
     Setting("storage.path", str, "./dolmen-data", "Folder holding the files, the index and the control socket.", None),
     Setting("storage.database", str, "", "Index URL: empty for <storage.path>/index.db, or sqlite:///FILE, or postgresql://user@host/db.", _check_database),
     Setting("storage.overwrite", bool, False, "A second copy of a stored instance replaces the first (else it is kept and reported as already stored).", None),
