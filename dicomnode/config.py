@@ -166,6 +166,13 @@ MODALITY_KEYS: dict[str, tuple[type, Any, str]] = {
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
+
+def check_name(value: str) -> str | None:
+    """Return the problem with a modality's symbolic name, or ``None`` when it is valid."""
+    if not _NAME.fullmatch(value):
+        return "letters, digits, '-', '_' or '.', starting with a letter or digit (64 at most)"
+    return None
+
 #: Keys of one ``[dicomweb.servers.NAME]`` table (a remote DICOMweb server).
 DICOMWEB_SERVER_KEYS: dict[str, tuple[type, Any, str]] = {
     "url": (str, None, "Base URL of the remote DICOMweb service, e.g. https://pacs.example.org/dicom-web (required)."),
