@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -72,23 +73,23 @@ class Context:
 
 
 class _CappedSpool:
-    """The temporary file pynetdicom writes a received dataset into, with a size cap.
+    """The file pynetdicom writes a received dataset into, with a size cap.
 
-    pynetdicom opens it with ``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``;
-    we put it in our spool folder (same volume as the store, so ingest renames it) and stop
-    a peer that sends more than ``[dicom] max_object_mb``: the write raises, pynetdicom
-    aborts the association, and the partial file is removed here.
+    pynetdicom opens it as ``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")`` and
+    uses ``name``, ``write``, ``file.flush`` and ``close``. We put it in our spool folder (the
+    store's volume, so ingest renames it into place), write unbuffered (pynetdicom flushes
+    after every PDU anyway), and stop a peer that sends more than ``[dicom] max_object_mb``:
+    the write raises, pynetdicom aborts the association, and the partial file is removed here.
     """
 
     folder: Path | None = None
     cap: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["dir"] = str(self.folder) if self.folder else None
-        kwargs.setdefault("prefix", "scp-")
-        self._f = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - pynetdicom closes it
-        self.name = self._f.name
-        self.file = self._f.file
+        folder = self.folder or Path(tempfile.gettempdir())
+        self.name = str(folder / f"scp-{uuid.uuid4().hex}.part")
+        self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.file = self
         self.written = 0
 
     def write(self, data: bytes) -> int:
@@ -98,10 +99,18 @@ class _CappedSpool:
             with contextlib.suppress(OSError):
                 os.unlink(self.name)
             raise OSError(f"object larger than {self.cap // (1024 * 1024)} MiB: association aborted")
-        return self._f.write(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to flush: writes are unbuffered."""
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def install_spool(folder: Path, cap_bytes: int) -> None:

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""C-STORE ingest rate: 1,000 instances of 256×256 over one association with DCMTK's storescu.
+
+Starts a real ``dolmen serve`` on free ports and, when /usr/sbin/Orthanc exists, Orthanc on
+the same data in the same run, and prints instances/s for each and the ratio. DCMTK and
+Orthanc run with TCP_NODELAY=1 (else both wait ~40 ms per message on Nagle's algorithm).
+
+    .venv/bin/python bench/ingest.py [--instances 1000] [--size 256] [--big-mb 0]
+
+``--big-mb 2048`` also sends a study of that many MiB (in 512 MiB multi-frame objects) and
+prints the sidecar's peak RSS while it receives it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dicomnode import demodata  # noqa: E402
+from tests.conftest import make_config_doc  # noqa: E402
+from tests.conftest import start_dolmen  # noqa: E402
+from tests.conftest import start_orthanc  # noqa: E402
+from tests.conftest import write_toml  # noqa: E402
+
+ENV = dict(os.environ, TCP_NODELAY="1")
+
+
+def storescu(aet: str, port: int, *paths: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(["storescu", "-aec", aet, "127.0.0.1", str(port), "+sd", "+r", *map(str, paths)],
+                   check=True, env=ENV, capture_output=True)
+    return time.perf_counter() - start
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--instances", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--big-mb", type=int, default=0)
+    ap.add_argument("--fsync", choices=("on", "off"), default="on")
+    args = ap.parse_args()
+    if not shutil.which("storescu"):
+        print("storescu (DCMTK) is needed: apt-get install dcmtk")
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="bi-", dir="/tmp"))
+    try:
+        data = tmp / "data"
+        per_series = min(args.instances, 500)
+        demodata.write(data, patients=1, studies=1, series=max(1, args.instances // per_series),
+                       instances=per_series, size=args.size)
+        n = len(list(data.rglob("*.dcm")))
+        mb = sum(p.stat().st_size for p in data.rglob("*.dcm")) / 1e6
+        print(f"data: {n} instances of {args.size}x{args.size}, {mb:.0f} MB")
+
+        doc = make_config_doc(tmp / "dolmen", storage={"fsync": args.fsync == "on", "min_free_mb": 0},
+                              log={"level": "WARNING"})
+        server = start_dolmen(write_toml(tmp / "dolmen.toml", doc), tmp / "dolmen.log")
+        try:
+            elapsed = storescu("DOLMEN", server.dicom_port, data)
+            dolmen_rate = n / elapsed
+            print(f"Dolmen : {n} instances in {elapsed:.2f} s = {dolmen_rate:.0f} instances/s (fsync {args.fsync})")
+            count = server.get("/api/statistics").json()["CountInstances"]
+            assert count == n, f"Dolmen indexed {count} of {n}"
+            if args.big_mb:
+                big = tmp / "big"
+                for k in range(max(1, args.big_mb // 512)):
+                    demodata.write_large(big / f"big{k}.dcm", min(512, args.big_mb), p=950, i=k)
+                pid = server.sidecar_pid()
+                peak = [rss_mb(pid)]
+                done = threading.Event()
+
+                def watch() -> None:
+                    while not done.wait(0.05):
+                        peak[0] = max(peak[0], rss_mb(pid))
+
+                watcher = threading.Thread(target=watch)
+                watcher.start()
+                elapsed = storescu("DOLMEN", server.dicom_port, big)
+                done.set()
+                watcher.join()
+                size = sum(p.stat().st_size for p in big.rglob("*.dcm")) / 1e6
+                print(f"Dolmen : {size:.0f} MB study in {elapsed:.1f} s ({size / elapsed:.0f} MB/s), "
+                      f"sidecar peak RSS {peak[0]:.0f} MB")
+        finally:
+            server.stop()
+
+        if os.path.exists("/usr/sbin/Orthanc"):
+            orthanc = start_orthanc(tmp / "orthanc", "ORTHANC")
+            try:
+                elapsed = storescu("ORTHANC", orthanc.dicom_port, data)
+                orthanc_rate = n / elapsed
+                print(f"Orthanc: {n} instances in {elapsed:.2f} s = {orthanc_rate:.0f} instances/s")
+                print(f"ratio Dolmen/Orthanc: {dolmen_rate / orthanc_rate:.2f}")
+            finally:
+                orthanc.stop()
+        else:
+            print("Orthanc not installed: no comparison")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
