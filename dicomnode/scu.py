@@ -303,13 +303,29 @@ def status_error(code: int, op: str, node: Node, **kw: Any) -> RemoteError:
     return RemoteError(status_message(code, op, node, **kw), code=error_code(code))
 
 
-def _status_of(status: Dataset | None, node: Node, op: str, settings: Settings) -> int:
-    """The Status of a response, or a RemoteError when there was none (timeout or abort)."""
-    if status is None or "Status" not in status:
-        raise RemoteError(f"{node.name} stopped answering the {op.upper()} (no response within "
-                          f"{settings['dicom.dimse_timeout']:g} s, or the association was aborted)",
-                          code="association_aborted")
-    return int(status.Status)
+def _status_of(status: Dataset | None, since: float, node: Node, op: str, settings: Settings) -> int:
+    """The Status of a response, or a RemoteError when there was none (abort or timeout).
+
+    ``since`` is when we started waiting (``time.monotonic()``): an empty response well before
+    the DIMSE timeout means the peer closed the association.
+    """
+    if status is not None and "Status" in status:
+        return int(status.Status)
+    opname = {"find": "C-FIND", "move": "C-MOVE", "get": "C-GET"}.get(op, op.upper())
+    if time.monotonic() - since < settings["dicom.dimse_timeout"] * 0.9:
+        raise RemoteError(f"{node.name} aborted the association on our {opname}: it probably refuses this "
+                          f"operation from our AE title {settings['dicom.aet']} — declare it there with "
+                          "the right to query and retrieve (Orthanc: DicomModalities)", code="association_aborted")
+    raise RemoteError(f"{node.name} did not answer the {opname} within {settings['dicom.dimse_timeout']:g} s",
+                      code="timeout")
+
+
+def _timed(responses: Iterator[tuple[Dataset, Dataset | None]]) -> Iterator[tuple[Dataset, Dataset | None, float]]:
+    """The responses, each with when we started waiting for it."""
+    since = time.monotonic()
+    for status, found in responses:
+        yield status, found, since
+        since = time.monotonic()
 
 
 # -- identifiers and answers ----------------------------------------------------------------
@@ -321,7 +337,7 @@ RETURN_KEYS: dict[str, tuple[str, ...]] = {
     "PATIENT": ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                 "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances"),
     "STUDY": ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyDate", "StudyTime",
-              "AccessionNumber", "StudyDescription", "ModalitiesInStudy", "StudyID",
+              "AccessionNumber", "StudyDescription", "ModalitiesInStudy", "StudyID", "SOPClassesInStudy",
               "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"),
     "SERIES": ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
                "BodyPartExamined", "SeriesDate", "NumberOfSeriesRelatedInstances"),
@@ -465,8 +481,8 @@ def find(settings: Settings, node: Node, level: str, filters: dict[str, Any], *,
     started = time.perf_counter()
     with associate(settings, node, [model]) as assoc:
         _require_context(assoc, model, node, f"C-FIND at the {level} level")
-        for status, found in assoc.send_c_find(ds, model):
-            code = _status_of(status, node, "find", settings)
+        for status, found, waiting in _timed(assoc.send_c_find(ds, model)):
+            code = _status_of(status, waiting, node, "find", settings)
             if code in PENDING:
                 if found is not None:
                     if len(answers) >= limit:
@@ -525,8 +541,8 @@ def _retrieve_loop(assoc: Association, responses: Iterator[tuple[Dataset, Datase
     """Follow the responses of a C-MOVE or C-GET; send C-CANCEL when asked to stop."""
     report = RetrieveReport()
     cancel_sent: float | None = None
-    for status, found in responses:
-        code = _status_of(status, node, op, settings)
+    for status, found, waiting in _timed(responses):
+        code = _status_of(status, waiting, node, op, settings)
         report.remaining = _counter(status, "Remaining", report.remaining if code in PENDING else 0)
         report.completed = _counter(status, "Completed", report.completed)
         report.failed = _counter(status, "Failed", report.failed)
@@ -753,25 +769,25 @@ def send(settings: Settings, node: Node, items: Sequence[SendItem], *,
         ae = AE(ae_title=settings["dicom.aet"])
         ae.requested_contexts = group
         with associate(settings, node, ae=ae) as assoc:
-            for item in batch:
+            for n, item in enumerate(batch):
                 if cancelled is not None and cancelled():
                     report.cancelled = True
                     return report
                 if not assoc.is_established:
                     raise RemoteError(f"{node.name} aborted the association after {report.sent} instance(s)",
                                       code="association_aborted")
-                status, message = _store_one(settings, assoc, node, item, report)
+                status, message = _store_one(settings, assoc, node, item, report, n % 65535 + 1)
                 if on_result is not None:
                     on_result(item, status, message)
     return report
 
 
 def _store_one(settings: Settings, assoc: Association, node: Node, item: SendItem,
-               report: SendReport) -> tuple[int | None, str]:
+               report: SendReport, msg_id: int) -> tuple[int | None, str]:
     accepted = _accepted(assoc, item.sop_class_uid)
     try:
         if item.transfer_syntax_uid in accepted:
-            response = assoc.send_c_store(Path(item.path))
+            response = assoc.send_c_store(Path(item.path), msg_id=msg_id)
         else:
             plain = [ts for ts in UNCOMPRESSED if ts in accepted]
             if not plain:
@@ -781,9 +797,9 @@ def _store_one(settings: Settings, assoc: Association, node: Node, item: SendIte
                               f"({UID(item.transfer_syntax_uid).name} or uncompressed): it does not store this kind of object")
             ds = pydicom.dcmread(item.path)
             if UID(item.transfer_syntax_uid).is_compressed:
-                ds.decompress()
+                ds.decompress(generate_instance_uid=False)  # the same instance, decoded
             report.transcoded += 1
-            response = assoc.send_c_store(ds)
+            response = assoc.send_c_store(ds, msg_id=msg_id)
     except (OSError, ValueError, AttributeError, NotImplementedError, RuntimeError) as exc:
         report.failed += 1
         return None, f"Cannot send this instance: {type(exc).__name__}: {exc}"
