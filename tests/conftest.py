@@ -325,6 +325,24 @@ def orthanc_factory(short_tmp: Path) -> Iterator[Callable[..., OrthancProcess]]:
 
 
 @pytest.fixture
+def index_url(tmp_path: Path) -> Iterator[str]:
+    """An empty index: a SQLite file, or the PostgreSQL database in ``$DOLMEN_TEST_DATABASE``
+    (its Dolmen tables are dropped before and after the test)."""
+    from dicomnode import index
+
+    url = os.environ.get("DOLMEN_TEST_DATABASE") or f"sqlite:///{tmp_path / 'index.db'}"
+    if url.startswith("postgres"):
+        database = index.open_index(url)
+        database.drop_tables(index.MODELS, safe=True, cascade=True)
+        index.close_index()
+    yield url
+    if url.startswith("postgres"):
+        database = index.open_index(url, create=False)
+        database.drop_tables(index.MODELS, safe=True, cascade=True)
+    index.close_index()
+
+
+@pytest.fixture
 def app(short_tmp: Path) -> Iterator[Any]:
     """The Flask app on a fresh index and store (no sidecar: pages that ask it say it is down)."""
     from dicomnode import config

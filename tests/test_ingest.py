@@ -24,8 +24,8 @@ from dicomnode.store import Store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    index.open_index(f"sqlite:///{tmp_path / 'index.db'}")
+def store(tmp_path: Path, index_url: str) -> Iterator[Store]:
+    index.open_index(index_url)
     yield Store(tmp_path / "data")
     index.close_index()
 

@@ -37,9 +37,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.uid import RLELossless
 from pydicom.uid import SecondaryCaptureImageStorage
 from pydicom.uid import generate_uid
-from render_reference import NO_IMAGE
-from render_reference import REFERENCES
-from render_reference import Entry
+from tests.render_reference import NO_IMAGE
+from tests.render_reference import REFERENCES
+from tests.render_reference import Entry
 
 from dicomnode.errors import RenderError
 from dicomnode.render import MAX_FRAME_BYTES
