@@ -54,6 +54,7 @@ Concurrency is ``[jobs] concurrency`` runner threads; each takes the oldest pend
 registered kind. ``details`` holds a JSON list of entries, each a dict with ``"type"``:
 ``"failure"`` (one failed item) or ``"transcript"`` (a request or a response as it came).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -173,11 +174,18 @@ def submit(kind: str, target: str, params: dict[str, Any], description: str = ""
         ``unknown_job_kind`` when no function is registered for ``kind`` in this process.
     """
     if kind not in _KINDS:
-        raise DolmenError(f"Unknown job kind {kind!r}: known kinds are {', '.join(sorted(_KINDS)) or 'none'}",
-                          code="unknown_job_kind")
+        raise DolmenError(
+            f"Unknown job kind {kind!r}: known kinds are {', '.join(sorted(_KINDS)) or 'none'}",
+            code="unknown_job_kind",
+        )
     with write_transaction():
-        job = Job.create(kind=kind, target=target[:255], description=description[:255],
-                         params=_dumps(params), state=PENDING)
+        job = Job.create(
+            kind=kind,
+            target=target[:255],
+            description=description[:255],
+            params=_dumps(params),
+            state=PENDING,
+        )
     LOGGER.info("Job %d queued: %s %s %s", job.pk, kind, target, description)
     _wake()
     return int(job.pk)
@@ -244,8 +252,10 @@ def retry(job_id: int) -> int:
     """
     job = get(job_id)
     if job.state not in (FAILURE, CANCELLED):
-        raise DolmenError(f"Job #{job_id} is {job.state}: only failed or cancelled jobs can be retried",
-                          code="job_not_retriable")
+        raise DolmenError(
+            f"Job #{job_id} is {job.state}: only failed or cancelled jobs can be retried",
+            code="job_not_retriable",
+        )
     params = params_of(job)
     params["retry_of"] = job_id
     return submit(str(job.kind), str(job.target), params, str(job.description))
@@ -294,8 +304,11 @@ def duration(job: Job) -> float | None:
 def mark_interrupted() -> int:
     """Mark jobs left ``running`` by a previous sidecar as failed; return how many."""
     with write_transaction():
-        count = (Job.update(state=FAILURE, error=INTERRUPTED, ended_at=utcnow())
-                 .where(Job.state == RUNNING).execute())
+        count = (
+            Job.update(state=FAILURE, error=INTERRUPTED, ended_at=utcnow())
+            .where(Job.state == RUNNING)
+            .execute()
+        )
     if count:
         LOGGER.warning("%d job(s) were interrupted by a restart of the DICOM service", count)
     return int(count)
@@ -308,8 +321,9 @@ class JobContext:
     :meth:`progress` sets them and writes them to the index now and then.
     """
 
-    def __init__(self, job: Job, settings: Settings, ingestor: Ingestor | None,
-                 cancel_event: threading.Event) -> None:
+    def __init__(
+        self, job: Job, settings: Settings, ingestor: Ingestor | None, cancel_event: threading.Event
+    ) -> None:
         self.id = int(job.pk)
         self.kind = str(job.kind)
         self.target = str(job.target)
@@ -332,12 +346,25 @@ class JobContext:
 
     # -- progress ---------------------------------------------------------------------------
 
-    def progress(self, *, done: int | None = None, total: int | None = None, failed: int | None = None,
-                 warning: int | None = None, bytes_done: int | None = None, force: bool = False) -> None:
+    def progress(
+        self,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        failed: int | None = None,
+        warning: int | None = None,
+        bytes_done: int | None = None,
+        force: bool = False,
+    ) -> None:
         """Set counters; write them to the index when :data:`PROGRESS_INTERVAL` has passed."""
         with self._lock:
-            for name, value in (("done", done), ("total", total), ("failed", failed),
-                                ("warning", warning), ("bytes_done", bytes_done)):
+            for name, value in (
+                ("done", done),
+                ("total", total),
+                ("failed", failed),
+                ("warning", warning),
+                ("bytes_done", bytes_done),
+            ):
                 if value is not None:
                     setattr(self, name, int(value))
             self._dirty = True
@@ -374,9 +401,14 @@ class JobContext:
         if not force and (not self._dirty or now - self._last_write < PROGRESS_INTERVAL):
             return
         with self._lock:
-            values = {"total": self.total, "done": self.done, "failed": self.failed,
-                      "warning": self.warning, "bytes_done": self.bytes_done,
-                      "details": _dumps(self._details_out())}
+            values = {
+                "total": self.total,
+                "done": self.done,
+                "failed": self.failed,
+                "warning": self.warning,
+                "bytes_done": self.bytes_done,
+                "details": _dumps(self._details_out()),
+            }
             self._dirty = False
             self._last_write = now
         try:
@@ -418,8 +450,9 @@ class Runner:
         The one ingest path, for jobs that bring instances in.
     """
 
-    def __init__(self, settings: Settings, ingestor: Ingestor | None = None,
-                 concurrency: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, ingestor: Ingestor | None = None, concurrency: int | None = None
+    ) -> None:
         self.settings = settings
         self.ingestor = ingestor
         self.concurrency = concurrency or int(settings["jobs.concurrency"])
@@ -501,17 +534,26 @@ class Runner:
 
     def _claim(self) -> Job | None:
         """Take the oldest pending job of a known kind, or mark an unknown kind failed."""
-        candidates = (Job.select(Job.pk, Job.kind).where(Job.state == PENDING)
-                      .order_by(Job.created_at, Job.pk).limit(20))
+        candidates = (
+            Job.select(Job.pk, Job.kind)
+            .where(Job.state == PENDING)
+            .order_by(Job.created_at, Job.pk)
+            .limit(20)
+        )
         for row in list(candidates):
             with write_transaction():
                 if row.kind not in _KINDS:
-                    Job.update(state=FAILURE, ended_at=utcnow(),
-                               error=f"No runner for job kind {row.kind!r} in this version of Dolmen"
-                               ).where((Job.pk == row.pk) & (Job.state == PENDING)).execute()
+                    Job.update(
+                        state=FAILURE,
+                        ended_at=utcnow(),
+                        error=f"No runner for job kind {row.kind!r} in this version of Dolmen",
+                    ).where((Job.pk == row.pk) & (Job.state == PENDING)).execute()
                     continue
-                claimed = (Job.update(state=RUNNING, started_at=utcnow(), ended_at=None, error="")
-                           .where((Job.pk == row.pk) & (Job.state == PENDING)).execute())
+                claimed = (
+                    Job.update(state=RUNNING, started_at=utcnow(), ended_at=None, error="")
+                    .where((Job.pk == row.pk) & (Job.state == PENDING))
+                    .execute()
+                )
             if claimed:
                 return Job.get_by_id(row.pk)
         return None
@@ -550,8 +592,15 @@ class Runner:
                 Job.update(state=state, error=error, ended_at=utcnow()).where(Job.pk == ctx.id).execute()
         except peewee.DatabaseError as exc:
             LOGGER.error("Cannot record the end of job %d: %s", ctx.id, exc)
-        LOGGER.info("Job %d ended %s after %.1f s: %d done, %d failed%s", ctx.id, state,
-                    time.monotonic() - started, ctx.done, ctx.failed, f" ({error})" if error else "")
+        LOGGER.info(
+            "Job %d ended %s after %.1f s: %d done, %d failed%s",
+            ctx.id,
+            state,
+            time.monotonic() - started,
+            ctx.done,
+            ctx.failed,
+            f" ({error})" if error else "",
+        )
 
 
 def _cancel_asked(job_id: int) -> bool:
@@ -563,15 +612,27 @@ def _cancel_asked(job_id: int) -> bool:
 
 def as_dict(job: Job, *, with_details: bool = False) -> dict[str, Any]:
     """A job as JSON-ready data (for the JSON API and the control protocol)."""
+
     def iso(value: dt.datetime | None) -> str | None:
         return value.isoformat(timespec="seconds") + "Z" if value else None
 
     out: dict[str, Any] = {
-        "ID": int(job.pk), "Type": str(job.kind), "State": str(job.state), "Target": str(job.target),
-        "Description": str(job.description), "Progress": percent(job), "Total": int(job.total),
-        "Done": int(job.done), "Failed": int(job.failed), "Warning": int(job.warning),
-        "Bytes": int(job.bytes_done), "Error": str(job.error), "CreationTime": iso(job.created_at),
-        "StartTime": iso(job.started_at), "EndTime": iso(job.ended_at), "Duration": duration(job),
+        "ID": int(job.pk),
+        "Type": str(job.kind),
+        "State": str(job.state),
+        "Target": str(job.target),
+        "Description": str(job.description),
+        "Progress": percent(job),
+        "Total": int(job.total),
+        "Done": int(job.done),
+        "Failed": int(job.failed),
+        "Warning": int(job.warning),
+        "Bytes": int(job.bytes_done),
+        "Error": str(job.error),
+        "CreationTime": iso(job.created_at),
+        "StartTime": iso(job.started_at),
+        "EndTime": iso(job.ended_at),
+        "Duration": duration(job),
         "Parameters": params_of(job),
     }
     if with_details:

@@ -167,9 +167,10 @@ def save_node(settings: Settings, fields: dict[str, object], original: str | Non
         if original is None:
             row = Modality.create(**values)
         else:
-            row = Modality.get_or_none(Modality.name == original)
-            if row is None:
+            found = Modality.get_or_none(Modality.name == original)
+            if found is None:
                 raise NotFound(f"No modality called {original!r} in the modalities page")
+            row = found
             for key, value in values.items():
                 setattr(row, key, value)
             row.save()
@@ -185,7 +186,8 @@ def delete_node(settings: Settings, name: str) -> None:
         ``read_only`` for a node from the configuration; NotFound when there is none.
     """
     if settings.modality(name) is not None:
-        raise DolmenError(f"{name!r} is declared in the configuration file; remove it there", code="read_only")
+        raise DolmenError(f"{name!r} is declared in the configuration file; remove it there",
+                          code="read_only")
     with write_transaction():
         count = Modality.delete().where(Modality.name == name).execute()
     if not count:

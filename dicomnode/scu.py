@@ -12,6 +12,7 @@ Long operations take two callables: one told of each result or pending response 
 progress) and ``cancelled() -> bool``, checked between instances (send) or at each response
 (retrieve, which then sends a C-CANCEL).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,16 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import JPEG2000
 from pydicom.uid import UID
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.uid import ImplicitVRLittleEndian
-from pydicom.uid import JPEG2000
 from pydicom.uid import JPEG2000Lossless
 from pydicom.uid import JPEGBaseline8Bit
 from pydicom.uid import JPEGExtended12Bit
@@ -55,19 +55,21 @@ from pynetdicom import build_role
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
-from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelGet
-from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelMove
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
-from pynetdicom.sop_class import Verification
 
 from dicomnode.config import Settings
 from dicomnode.errors import RemoteError
 from dicomnode.nodes import Node
 
 LOGGER = logging.getLogger(__name__)
+
+# SOP classes (PS3.4 Annex C.6): pynetdicom generates its own constants at run time.
+Verification = UID("1.2.840.10008.1.1")
+PatientRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.1.1")
+PatientRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.1.2")
+PatientRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.1.3")
+StudyRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.2.1")
+StudyRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.2.2")
+StudyRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.2.3")
 
 CONNECT_TIMEOUT = 10.0
 
@@ -85,18 +87,28 @@ def check_reachable(node: Node, timeout: float = CONNECT_TIMEOUT) -> None:
         with socket.create_connection((node.host, node.port), timeout=timeout):
             pass
     except socket.gaierror:
-        raise RemoteError(f"Unknown host {node.host!r}: the name does not resolve. Check the "
-                          f"host of modality {node.name!r}.", code="unknown_host") from None
+        raise RemoteError(
+            f"Unknown host {node.host!r}: the name does not resolve. Check the "
+            f"host of modality {node.name!r}.",
+            code="unknown_host",
+        ) from None
     except ConnectionRefusedError:
-        raise RemoteError(f"Connection refused by {where}: nothing listens on that port. Check the "
-                          f"port of {node.name!r} and that its DICOM service is running.",
-                          code="connection_refused") from None
-    except socket.timeout:
-        raise RemoteError(f"No answer from {where} within {timeout:g} s: the host is down or a "
-                          "firewall drops the connection.", code="timeout") from None
+        raise RemoteError(
+            f"Connection refused by {where}: nothing listens on that port. Check the "
+            f"port of {node.name!r} and that its DICOM service is running.",
+            code="connection_refused",
+        ) from None
+    except TimeoutError:
+        raise RemoteError(
+            f"No answer from {where} within {timeout:g} s: the host is down or a "
+            "firewall drops the connection.",
+            code="timeout",
+        ) from None
     except OSError as exc:
-        raise RemoteError(f"Host {where} is unreachable ({exc.strerror or exc}). Check the address "
-                          "and the network route.", code="host_unreachable") from None
+        raise RemoteError(
+            f"Host {where} is unreachable ({exc.strerror or exc}). Check the address and the network route.",
+            code="host_unreachable",
+        ) from None
 
 
 def _describe_reject(primitive: Any) -> str:
@@ -110,9 +122,15 @@ def _describe_reject(primitive: Any) -> str:
 
 
 @contextlib.contextmanager
-def associate(settings: Settings, node: Node, contexts: Sequence[Any] = (Verification,),
-              *, ae: AE | None = None, ext_neg: list[Any] | None = None,
-              evt_handlers: list[Any] | None = None) -> Iterator[Association]:
+def associate(
+    settings: Settings,
+    node: Node,
+    contexts: Sequence[Any] = (Verification,),
+    *,
+    ae: AE | None = None,
+    ext_neg: list[Any] | None = None,
+    evt_handlers: list[Any] | None = None,
+) -> Iterator[Association]:
     """Open an association to ``node`` and release it at the end of the ``with`` block.
 
     Parameters
@@ -141,25 +159,31 @@ def associate(settings: Settings, node: Node, contexts: Sequence[Any] = (Verific
     received: dict[str, Any] = {}
 
     def on_acse(event: evt.Event) -> None:
-        received["primitive"] = event.primitive
+        received["primitive"] = getattr(event, "primitive", None)
 
     handlers = list(evt_handlers or []) + [(evt.EVT_ACSE_RECV, on_acse)]
-    assoc = ae.associate(node.host, node.port, ae_title=node.aet, ext_neg=ext_neg,
-                         evt_handlers=handlers)
+    assoc = ae.associate(node.host, node.port, ae_title=node.aet, ext_neg=ext_neg, evt_handlers=handlers)
     if assoc.is_rejected:
         why = _describe_reject(received.get("primitive"))
         hint = ""
         if "called" in why.lower():
             hint = f" Check that {node.name!r} is really called {node.aet!r}."
         elif "calling" in why.lower():
-            hint = (f" The remote node does not know our AE title {settings['dicom.aet']!r}: "
-                    "declare it in its configuration.")
-        raise RemoteError(f"{node.name} ({node.aet} at {node.host}:{node.port}) rejected the "
-                          f"association: {why}.{hint}", code="association_rejected")
+            hint = (
+                f" The remote node does not know our AE title {settings['dicom.aet']!r}: "
+                "declare it in its configuration."
+            )
+        raise RemoteError(
+            f"{node.name} ({node.aet} at {node.host}:{node.port}) rejected the association: {why}.{hint}",
+            code="association_rejected",
+        )
     if not assoc.is_established:
-        raise RemoteError(f"{node.name} ({node.aet} at {node.host}:{node.port}) aborted the "
-                          "association or did not answer the request (is it a DICOM port? does "
-                          "it accept the requested SOP classes?)", code="association_aborted")
+        raise RemoteError(
+            f"{node.name} ({node.aet} at {node.host}:{node.port}) aborted the "
+            "association or did not answer the request (is it a DICOM port? does "
+            "it accept the requested SOP classes?)",
+            code="association_aborted",
+        )
     try:
         yield assoc
     finally:
@@ -181,15 +205,23 @@ def echo(settings: Settings, node: Node) -> dict[str, Any]:
     with associate(settings, node, [Verification]) as assoc:
         status = assoc.send_c_echo()
         if not status or "Status" not in status:
-            raise RemoteError(f"{node.name} did not answer the C-ECHO within "
-                              f"{settings['dicom.dimse_timeout']:g} s", code="timeout")
+            raise RemoteError(
+                f"{node.name} did not answer the C-ECHO within {settings['dicom.dimse_timeout']:g} s",
+                code="timeout",
+            )
         code = int(status.Status)
     rtt = (time.perf_counter() - started) * 1000
     if code != 0:
-        raise RemoteError(f"{node.name} answered the C-ECHO with status 0x{code:04X}",
-                          code="echo_failed")
-    return {"ok": True, "status": code, "rtt_ms": round(rtt, 1), "modality": node.name,
-            "aet": node.aet, "host": node.host, "port": node.port}
+        raise RemoteError(f"{node.name} answered the C-ECHO with status 0x{code:04X}", code="echo_failed")
+    return {
+        "ok": True,
+        "status": code,
+        "rtt_ms": round(rtt, 1),
+        "modality": node.name,
+        "aet": node.aet,
+        "host": node.host,
+        "port": node.port,
+    }
 
 
 # -- status codes ---------------------------------------------------------------------------
@@ -205,9 +237,20 @@ STORE_WARNINGS = (0xB000, 0xB006, 0xB007)
 #: Uncompressed transfer syntaxes, in the order we propose them.
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 #: What we accept for instances a C-GET brings in (uncompressed first: most peers pick the first).
-GET_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-                         JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
-                         JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless)
+GET_TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
 
 
@@ -217,13 +260,17 @@ def _meaning(code: int, op: str) -> tuple[str, str]:
         return "Move destination unknown", ""
     if 0xA700 <= code <= 0xA7FF:
         what = {0xA701: "cannot count the matches", 0xA702: "cannot perform the sub-operations"}.get(code, "")
-        return ("Out of resources" + (f" ({what})" if what else ""),
-                "The remote node is overloaded or its storage is full; try again later or ask its administrator.")
+        return (
+            "Out of resources" + (f" ({what})" if what else ""),
+            "The remote node is overloaded or its storage is full; try again later or ask its administrator.",
+        )
     if 0xA900 <= code <= 0xA9FF:
         if op == "store":
             return "Data set does not match SOP class", "The remote node refuses this object as it is."
-        return ("Identifier does not match SOP class",
-                "The remote node does not accept this query; try fewer filters or another level.")
+        return (
+            "Identifier does not match SOP class",
+            "The remote node does not accept this query; try fewer filters or another level.",
+        )
     if 0xAA00 <= code <= 0xAAFF:
         return "None of the frames requested were found", ""
     if 0xC000 <= code <= 0xCFFF:
@@ -232,7 +279,10 @@ def _meaning(code: int, op: str) -> tuple[str, str]:
         return "Unable to process", "The remote node failed on the request; its log says why."
     return {
         0x0122: ("SOP class not supported", "The remote node does not implement this service."),
-        0x0124: ("Not authorized", "The remote node refuses this operation from our AE title; allow it there."),
+        0x0124: (
+            "Not authorized",
+            "The remote node refuses this operation from our AE title; allow it there.",
+        ),
         0x0117: ("Invalid object instance", "The remote node refused the object."),
         0x0210: ("Duplicate invocation", ""),
         0x0211: ("Unrecognized operation", "The remote node does not implement this operation."),
@@ -242,8 +292,13 @@ def _meaning(code: int, op: str) -> tuple[str, str]:
     }.get(code, ("Failed", ""))
 
 
-_ERROR_CODES = {MOVE_DESTINATION_UNKNOWN: "move_destination_unknown", 0x0122: "sop_class_not_supported",
-                0x0124: "not_authorized", CANCEL: "cancelled", 0x0211: "unrecognized_operation"}
+_ERROR_CODES = {
+    MOVE_DESTINATION_UNKNOWN: "move_destination_unknown",
+    0x0122: "sop_class_not_supported",
+    0x0124: "not_authorized",
+    CANCEL: "cancelled",
+    0x0211: "unrecognized_operation",
+}
 
 
 def error_code(code: int) -> str:
@@ -269,30 +324,47 @@ def local_address(host: str) -> str:
         return "<this machine's address>"
 
 
-def status_message(code: int, op: str, node: Node, *, comment: str = "", settings: Settings | None = None,
-                   destination: str = "", our_port: int | None = None) -> str:
+def status_message(
+    code: int,
+    op: str,
+    node: Node,
+    *,
+    comment: str = "",
+    settings: Settings | None = None,
+    destination: str = "",
+    our_port: int | None = None,
+) -> str:
     """A sentence for the user: the status, its meaning and the fix."""
     meaning, fix = _meaning(code, op)
-    opname = {"find": "C-FIND", "move": "C-MOVE", "get": "C-GET", "store": "C-STORE", "echo": "C-ECHO"}.get(op, op)
+    opname = {"find": "C-FIND", "move": "C-MOVE", "get": "C-GET", "store": "C-STORE", "echo": "C-ECHO"}.get(
+        op, op
+    )
     text = f"{node.name} answered the {opname} with 0x{code:04X} {meaning}"
     if op == "move" and (code == MOVE_DESTINATION_UNKNOWN or 0xC000 <= code <= 0xCFFF):
         ours = settings["dicom.aet"] if settings else ""
         dest = destination or ours
         if settings is not None and dest == ours:
             port = our_port or settings["dicom.port"]
-            declare = (f"declare {dest} at {local_address(node.host)}:{port} in its configuration, "
-                       "or retrieve with C-GET")
+            declare = (
+                f"declare {dest} at {local_address(node.host)}:{port} in its configuration, "
+                "or retrieve with C-GET"
+            )
         else:
             declare = f"declare {dest!r} with its address and port in its configuration"
         if code == MOVE_DESTINATION_UNKNOWN:
-            fix = f"the remote node does not know our AE title — {declare}" if dest == ours else \
-                f"the remote node does not know the AE title {dest!r} — {declare}"
+            fix = (
+                f"the remote node does not know our AE title — {declare}"
+                if dest == ours
+                else f"the remote node does not know the AE title {dest!r} — {declare}"
+            )
             text = f"{node.name} answered the C-MOVE with 0x{code:04X} {meaning}: {fix}"
             fix = ""
         else:
             # Orthanc and others answer 0xC000 when the destination is unknown or unreachable.
-            fix = (f"The usual cause: it does not know the destination {dest} or cannot connect to it — "
-                   f"{declare}; its log says which")
+            fix = (
+                f"The usual cause: it does not know the destination {dest} or cannot connect to it — "
+                f"{declare}; its log says which"
+            )
     if comment:
         text += f" ({comment.strip()})"
     return text + (f". {fix}" if fix else "")
@@ -313,14 +385,21 @@ def _status_of(status: Dataset | None, since: float, node: Node, op: str, settin
         return int(status.Status)
     opname = {"find": "C-FIND", "move": "C-MOVE", "get": "C-GET"}.get(op, op.upper())
     if time.monotonic() - since < settings["dicom.dimse_timeout"] * 0.9:
-        raise RemoteError(f"{node.name} aborted the association on our {opname}: it probably refuses this "
-                          f"operation from our AE title {settings['dicom.aet']} — declare it there with "
-                          "the right to query and retrieve (Orthanc: DicomModalities)", code="association_aborted")
-    raise RemoteError(f"{node.name} did not answer the {opname} within {settings['dicom.dimse_timeout']:g} s",
-                      code="timeout")
+        raise RemoteError(
+            f"{node.name} aborted the association on our {opname}: it probably refuses this "
+            f"operation from our AE title {settings['dicom.aet']} — declare it there with "
+            "the right to query and retrieve (Orthanc: DicomModalities)",
+            code="association_aborted",
+        )
+    raise RemoteError(
+        f"{node.name} did not answer the {opname} within {settings['dicom.dimse_timeout']:g} s",
+        code="timeout",
+    )
 
 
-def _timed(responses: Iterator[tuple[Dataset, Dataset | None]]) -> Iterator[tuple[Dataset, Dataset | None, float]]:
+def _timed(
+    responses: Iterator[tuple[Dataset, Dataset | None]],
+) -> Iterator[tuple[Dataset, Dataset | None, float]]:
     """The responses, each with when we started waiting for it."""
     since = time.monotonic()
     for status, found in responses:
@@ -334,15 +413,47 @@ LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
 #: What we ask back at each level, beyond the filters (PS3.4 C.6.1.1 / C.6.2.1).
 RETURN_KEYS: dict[str, tuple[str, ...]] = {
-    "PATIENT": ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances"),
-    "STUDY": ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyDate", "StudyTime",
-              "AccessionNumber", "StudyDescription", "ModalitiesInStudy", "StudyID", "SOPClassesInStudy",
-              "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"),
-    "SERIES": ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
-               "BodyPartExamined", "SeriesDate", "NumberOfSeriesRelatedInstances"),
-    "IMAGE": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "InstanceNumber",
-              "NumberOfFrames"),
+    "PATIENT": (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedInstances",
+    ),
+    "STUDY": (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyDescription",
+        "ModalitiesInStudy",
+        "StudyID",
+        "SOPClassesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ),
+    "SERIES": (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "BodyPartExamined",
+        "SeriesDate",
+        "NumberOfSeriesRelatedInstances",
+    ),
+    "IMAGE": (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "InstanceNumber",
+        "NumberOfFrames",
+    ),
 }
 
 
@@ -351,8 +462,9 @@ def _level(level: str) -> str:
     if level == "INSTANCE":
         level = "IMAGE"
     if level not in LEVELS:
-        raise RemoteError(f"Unknown query level {level!r}: use PATIENT, STUDY, SERIES or IMAGE",
-                          code="bad_request")
+        raise RemoteError(
+            f"Unknown query level {level!r}: use PATIENT, STUDY, SERIES or IMAGE", code="bad_request"
+        )
     return level
 
 
@@ -416,27 +528,48 @@ def raw_elements(ds: Dataset) -> list[dict[str, str]]:
                 value = _text(elem.value)
             except Exception:
                 value = "<undecodable>"
-        out.append({"tag": f"({elem.tag.group:04X},{elem.tag.element:04X})", "keyword": elem.keyword or "",
-                    "vr": str(elem.VR), "value": value})
+        out.append(
+            {
+                "tag": f"({elem.tag.group:04X},{elem.tag.element:04X})",
+                "keyword": elem.keyword or "",
+                "vr": str(elem.VR),
+                "value": value,
+            }
+        )
     return out
 
 
 def _find_model(level: str) -> UID:
-    return PatientRootQueryRetrieveInformationModelFind if level == "PATIENT" else StudyRootQueryRetrieveInformationModelFind
+    return (
+        PatientRootQueryRetrieveInformationModelFind
+        if level == "PATIENT"
+        else StudyRootQueryRetrieveInformationModelFind
+    )
 
 
 def _move_model(level: str) -> UID:
-    return PatientRootQueryRetrieveInformationModelMove if level == "PATIENT" else StudyRootQueryRetrieveInformationModelMove
+    return (
+        PatientRootQueryRetrieveInformationModelMove
+        if level == "PATIENT"
+        else StudyRootQueryRetrieveInformationModelMove
+    )
 
 
 def _get_model(level: str) -> UID:
-    return PatientRootQueryRetrieveInformationModelGet if level == "PATIENT" else StudyRootQueryRetrieveInformationModelGet
+    return (
+        PatientRootQueryRetrieveInformationModelGet
+        if level == "PATIENT"
+        else StudyRootQueryRetrieveInformationModelGet
+    )
 
 
 def _require_context(assoc: Association, model: UID, node: Node, what: str, hint: str = "") -> None:
     if not any(cx.abstract_syntax == model for cx in assoc.accepted_contexts):
-        raise RemoteError(f"{node.name} accepted the association but not the {model.name}: it does not "
-                          f"support {what}.{(' ' + hint) if hint else ''}", code="not_accepted")
+        raise RemoteError(
+            f"{node.name} accepted the association but not the {model.name}: it does not "
+            f"support {what}.{(' ' + hint) if hint else ''}",
+            code="not_accepted",
+        )
 
 
 def _hex(code: int) -> str:
@@ -445,8 +578,16 @@ def _hex(code: int) -> str:
 
 # -- C-FIND ---------------------------------------------------------------------------------
 
-def find(settings: Settings, node: Node, level: str, filters: dict[str, Any], *,
-         return_keys: Iterable[str] | None = None, limit: int = 500) -> dict[str, Any]:
+
+def find(
+    settings: Settings,
+    node: Node,
+    level: str,
+    filters: dict[str, Any],
+    *,
+    return_keys: Iterable[str] | None = None,
+    limit: int = 500,
+) -> dict[str, Any]:
     """C-FIND ``node`` at ``level`` (Patient Root for PATIENT, else Study Root).
 
     Parameters
@@ -473,8 +614,13 @@ def find(settings: Settings, node: Node, level: str, filters: dict[str, Any], *,
     keys = RETURN_KEYS[level] if return_keys is None else tuple(return_keys)
     ds = identifier(level, filters, [k for k in keys if k not in filters])
     model = _find_model(level)
-    transcript: dict[str, Any] = {"op": "C-FIND", "model": model.name, "level": level,
-                                  "identifier": raw_elements(ds), "responses": []}
+    transcript: dict[str, Any] = {
+        "op": "C-FIND",
+        "model": model.name,
+        "level": level,
+        "identifier": raw_elements(ds),
+        "responses": [],
+    }
     answers: list[dict[str, str]] = []
     truncated = False
     final = SUCCESS
@@ -487,16 +633,22 @@ def find(settings: Settings, node: Node, level: str, filters: dict[str, Any], *,
                 if found is not None:
                     if len(answers) >= limit:
                         truncated = True
-                        transcript["responses"].append({"status": "aborted", "note": f"more than {limit} answers"})
+                        transcript["responses"].append(
+                            {"status": "aborted", "note": f"more than {limit} answers"}
+                        )
                         assoc.abort()
                         break
                     answers.append(answer_dict(found))
                     if len(transcript["responses"]) < 200:
-                        transcript["responses"].append({"status": _hex(code), "identifier": raw_elements(found)})
+                        transcript["responses"].append(
+                            {"status": _hex(code), "identifier": raw_elements(found)}
+                        )
                 continue
             final = code
             comment = str(status.get("ErrorComment", "") or "")
-            transcript["responses"].append({"status": _hex(code), **({"comment": comment} if comment else {})})
+            transcript["responses"].append(
+                {"status": _hex(code), **({"comment": comment} if comment else {})}
+            )
             if code not in (SUCCESS, CANCEL):
                 raise status_error(code, "find", node, comment=comment)
     transcript["ms"] = round((time.perf_counter() - started) * 1000, 1)
@@ -505,6 +657,7 @@ def find(settings: Settings, node: Node, level: str, filters: dict[str, Any], *,
 
 
 # -- C-MOVE and C-GET -----------------------------------------------------------------------
+
 
 @dataclass
 class RetrieveReport:
@@ -520,8 +673,12 @@ class RetrieveReport:
     comment: str = ""
 
     def counters(self) -> dict[str, int]:
-        return {"remaining": self.remaining, "completed": self.completed, "failed": self.failed,
-                "warning": self.warning}
+        return {
+            "remaining": self.remaining,
+            "completed": self.completed,
+            "failed": self.failed,
+            "warning": self.warning,
+        }
 
 
 Observer = Callable[[dict[str, Any]], None]
@@ -535,9 +692,17 @@ def _counter(status: Dataset, name: str, default: int) -> int:
         return default
 
 
-def _retrieve_loop(assoc: Association, responses: Iterator[tuple[Dataset, Dataset | None]], op: str,
-                   node: Node, settings: Settings, model: UID, on_response: Observer | None,
-                   cancelled: Callable[[], bool] | None, **message_kw: Any) -> RetrieveReport:
+def _retrieve_loop(
+    assoc: Association,
+    responses: Iterator[tuple[Dataset, Dataset | None]],
+    op: str,
+    node: Node,
+    settings: Settings,
+    model: UID,
+    on_response: Observer | None,
+    cancelled: Callable[[], bool] | None,
+    **message_kw: Any,
+) -> RetrieveReport:
     """Follow the responses of a C-MOVE or C-GET; send C-CANCEL when asked to stop."""
     report = RetrieveReport()
     cancel_sent: float | None = None
@@ -553,7 +718,9 @@ def _retrieve_loop(assoc: Association, responses: Iterator[tuple[Dataset, Datase
             entry["comment"] = comment
         if found is not None and "FailedSOPInstanceUIDList" in found:
             uids = found.FailedSOPInstanceUIDList
-            report.failed_uids = [str(u) for u in (uids if isinstance(uids, (list, MultiValue)) else [uids]) if u]
+            report.failed_uids = [
+                str(u) for u in (uids if isinstance(uids, (list, MultiValue)) else [uids]) if u
+            ]
             entry["failed_uids"] = report.failed_uids[:50]
         if on_response is not None:
             on_response(entry)
@@ -582,18 +749,29 @@ def _retrieve_loop(assoc: Association, responses: Iterator[tuple[Dataset, Datase
 def retrieve_keys(level: str, keys: dict[str, Any]) -> dict[str, Any]:
     """The unique keys a hierarchical retrieve at ``level`` needs (PS3.4 C.4.2.2.1), from ``keys``."""
     level = _level(level)
-    wanted = {"PATIENT": ("PatientID",), "STUDY": ("StudyInstanceUID",),
-              "SERIES": ("StudyInstanceUID", "SeriesInstanceUID"),
-              "IMAGE": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}[level]
+    wanted = {
+        "PATIENT": ("PatientID",),
+        "STUDY": ("StudyInstanceUID",),
+        "SERIES": ("StudyInstanceUID", "SeriesInstanceUID"),
+        "IMAGE": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
+    }[level]
     missing = [k for k in wanted if not keys.get(k)]
     if missing:
         raise RemoteError(f"A retrieve at the {level} level needs {', '.join(missing)}", code="bad_request")
     return {k: keys[k] for k in wanted}
 
 
-def move(settings: Settings, node: Node, level: str, keys: dict[str, Any], destination: str | None = None, *,
-         on_response: Observer | None = None, cancelled: Callable[[], bool] | None = None,
-         our_port: int | None = None) -> RetrieveReport:
+def move(
+    settings: Settings,
+    node: Node,
+    level: str,
+    keys: dict[str, Any],
+    destination: str | None = None,
+    *,
+    on_response: Observer | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    our_port: int | None = None,
+) -> RetrieveReport:
     """C-MOVE: ask ``node`` to send what ``keys`` names to ``destination`` (default: our AE title).
 
     The instances arrive at the destination's SCP as ordinary C-STOREs (ours, for a retrieve).
@@ -611,11 +789,27 @@ def move(settings: Settings, node: Node, level: str, keys: dict[str, Any], desti
     with associate(settings, node, [model]) as assoc:
         _require_context(assoc, model, node, "C-MOVE", "Retrieve with C-GET instead.")
         if on_response is not None:
-            on_response({"request": "C-MOVE", "model": model.name, "destination": destination,
-                         "identifier": raw_elements(ds)})
+            on_response(
+                {
+                    "request": "C-MOVE",
+                    "model": model.name,
+                    "destination": destination,
+                    "identifier": raw_elements(ds),
+                }
+            )
         responses = assoc.send_c_move(ds, destination, model)
-        return _retrieve_loop(assoc, responses, "move", node, settings, model, on_response, cancelled,
-                              destination=destination, our_port=our_port)
+        return _retrieve_loop(
+            assoc,
+            responses,
+            "move",
+            node,
+            settings,
+            model,
+            on_response,
+            cancelled,
+            destination=destination,
+            our_port=our_port,
+        )
 
 
 def _received_file(event: evt.Event, spool_dir: Path) -> Path:
@@ -637,9 +831,18 @@ def _mkstemp(folder: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=folder, prefix="get-", suffix=".dcm")
 
 
-def get(settings: Settings, node: Node, level: str, keys: dict[str, Any], *,
-        store: Callable[[Path], int], spool_dir: Path, sop_classes: Sequence[str] = (),
-        on_response: Observer | None = None, cancelled: Callable[[], bool] | None = None) -> RetrieveReport:
+def get(
+    settings: Settings,
+    node: Node,
+    level: str,
+    keys: dict[str, Any],
+    *,
+    store: Callable[[Path], int],
+    spool_dir: Path,
+    sop_classes: Sequence[str] = (),
+    on_response: Observer | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> RetrieveReport:
     """C-GET: have ``node`` send what ``keys`` names back over our association.
 
     Parameters
@@ -662,7 +865,11 @@ def get(settings: Settings, node: Node, level: str, keys: dict[str, Any], *,
     model = _get_model(level)
     contexts = [build_context(model)]
     classes = [str(c) for c in sop_classes if c]
-    classes += [str(cx.abstract_syntax) for cx in StoragePresentationContexts if str(cx.abstract_syntax) not in classes]
+    classes += [
+        str(cx.abstract_syntax)
+        for cx in StoragePresentationContexts
+        if str(cx.abstract_syntax) not in classes
+    ]
     classes = classes[: MAX_CONTEXTS - 1]
     contexts += [build_context(uid, list(GET_TRANSFER_SYNTAXES)) for uid in classes]
     roles = [build_role(uid, scp_role=True) for uid in classes]
@@ -686,6 +893,7 @@ def get(settings: Settings, node: Node, level: str, keys: dict[str, Any], *,
 
 
 # -- C-STORE (send) -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SendItem:
@@ -741,12 +949,19 @@ def _send_contexts(items: Sequence[SendItem]) -> list[list[PresentationContext]]
 
 
 def _accepted(assoc: Association, sop_class: str) -> dict[str, PresentationContext]:
-    return {str(cx.transfer_syntax[0]): cx for cx in assoc.accepted_contexts
-            if cx.abstract_syntax == sop_class}
+    return {
+        str(cx.transfer_syntax[0]): cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class
+    }
 
 
-def send(settings: Settings, node: Node, items: Sequence[SendItem], *,
-         on_result: ResultObserver | None = None, cancelled: Callable[[], bool] | None = None) -> SendReport:
+def send(
+    settings: Settings,
+    node: Node,
+    items: Sequence[SendItem],
+    *,
+    on_result: ResultObserver | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> SendReport:
     """C-STORE every item to ``node`` over one association (one per 128 presentation contexts).
 
     An instance goes as stored when the peer accepted its transfer syntax (the file is streamed
@@ -774,16 +989,19 @@ def send(settings: Settings, node: Node, items: Sequence[SendItem], *,
                     report.cancelled = True
                     return report
                 if not assoc.is_established:
-                    raise RemoteError(f"{node.name} aborted the association after {report.sent} instance(s)",
-                                      code="association_aborted")
+                    raise RemoteError(
+                        f"{node.name} aborted the association after {report.sent} instance(s)",
+                        code="association_aborted",
+                    )
                 status, message = _store_one(settings, assoc, node, item, report, n % 65535 + 1)
                 if on_result is not None:
                     on_result(item, status, message)
     return report
 
 
-def _store_one(settings: Settings, assoc: Association, node: Node, item: SendItem,
-               report: SendReport, msg_id: int) -> tuple[int | None, str]:
+def _store_one(
+    settings: Settings, assoc: Association, node: Node, item: SendItem, report: SendReport, msg_id: int
+) -> tuple[int | None, str]:
     accepted = _accepted(assoc, item.sop_class_uid)
     try:
         if item.transfer_syntax_uid in accepted:
@@ -793,8 +1011,11 @@ def _store_one(settings: Settings, assoc: Association, node: Node, item: SendIte
             if not plain:
                 report.failed += 1
                 name = UID(item.sop_class_uid).name
-                return None, (f"{node.name} accepted no presentation context for {name} "
-                              f"({UID(item.transfer_syntax_uid).name} or uncompressed): it does not store this kind of object")
+                return None, (
+                    f"{node.name} accepted no presentation context for {name} "
+                    f"({UID(item.transfer_syntax_uid).name} or uncompressed): "
+                    "it does not store this kind of object"
+                )
             ds = pydicom.dcmread(item.path)
             if UID(item.transfer_syntax_uid).is_compressed:
                 ds.decompress(generate_instance_uid=False)  # the same instance, decoded
@@ -805,8 +1026,10 @@ def _store_one(settings: Settings, assoc: Association, node: Node, item: SendIte
         return None, f"Cannot send this instance: {type(exc).__name__}: {exc}"
     if response is None or "Status" not in response:
         report.failed += 1
-        return None, (f"No answer from {node.name} within {settings['dicom.dimse_timeout']:g} s "
-                      "or the association was aborted")
+        return None, (
+            f"No answer from {node.name} within {settings['dicom.dimse_timeout']:g} s "
+            "or the association was aborted"
+        )
     code = int(response.Status)
     comment = str(response.get("ErrorComment", "") or "")
     if code == SUCCESS or code in STORE_WARNINGS:
@@ -821,6 +1044,7 @@ def _store_one(settings: Settings, assoc: Association, node: Node, item: SendIte
 
 
 # -- connectivity test ----------------------------------------------------------------------
+
 
 def connectivity_test(settings: Settings, node: Node, *, our_port: int | None = None) -> list[dict[str, Any]]:
     """Outgoing C-ECHO, a C-FIND probe, and a C-MOVE of one small result to ourselves.
@@ -841,8 +1065,14 @@ def connectivity_test(settings: Settings, node: Node, *, our_port: int | None = 
             message, ok = fn(), True
         except RemoteError as exc:
             message, ok = exc.message, False
-        steps.append({"name": name, "ok": ok, "message": message,
-                      "ms": round((time.perf_counter() - started) * 1000, 1)})
+        steps.append(
+            {
+                "name": name,
+                "ok": ok,
+                "message": message,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        )
         return ok
 
     found: dict[str, Any] = {}
@@ -861,23 +1091,36 @@ def connectivity_test(settings: Settings, node: Node, *, our_port: int | None = 
         keys = _probe_instance(settings, node, found.get("study", ""))
         if keys is None:
             # Nothing to move: a move of a study that does not exist still checks the destination.
-            report = move(settings, node, "STUDY", {"StudyInstanceUID": "1.2.826.0.1.3680043.10.1024.0"},
-                          our_port=our_port)
-            return (f"C-MOVE to {settings['dicom.aet']} accepted (the remote node had nothing to send, "
-                    f"final status 0x{report.status:04X})")
+            report = move(
+                settings,
+                node,
+                "STUDY",
+                {"StudyInstanceUID": "1.2.826.0.1.3680043.10.1024.0"},
+                our_port=our_port,
+            )
+            return (
+                f"C-MOVE to {settings['dicom.aet']} accepted (the remote node had nothing to send, "
+                f"final status 0x{report.status:04X})"
+            )
         report = move(settings, node, "IMAGE", keys, our_port=our_port)
         if report.completed:
-            return (f"{node.name} sent one instance to {settings['dicom.aet']}: it knows our AE title "
-                    "and can reach our DICOM port")
-        raise RemoteError(f"{node.name} accepted the C-MOVE but could not send the instance to us "
-                          f"({report.failed} failed, status 0x{report.status:04X}): check the address "
-                          f"and port it has for {settings['dicom.aet']} and that a firewall lets it in "
-                          f"(we are at {local_address(node.host)}:{our_port or settings['dicom.port']})",
-                          code="move_failed")
+            return (
+                f"{node.name} sent one instance to {settings['dicom.aet']}: it knows our AE title "
+                "and can reach our DICOM port"
+            )
+        raise RemoteError(
+            f"{node.name} accepted the C-MOVE but could not send the instance to us "
+            f"({report.failed} failed, status 0x{report.status:04X}): check the address "
+            f"and port it has for {settings['dicom.aet']} and that a firewall lets it in "
+            f"(we are at {local_address(node.host)}:{our_port or settings['dicom.port']})",
+            code="move_failed",
+        )
 
     if not step("C-ECHO", do_echo):
-        steps += [{"name": n, "ok": None, "message": "skipped: the C-ECHO failed", "ms": 0}
-                  for n in ("C-FIND", "C-MOVE to us")]
+        steps += [
+            {"name": n, "ok": None, "message": "skipped: the C-ECHO failed", "ms": 0}
+            for n in ("C-FIND", "C-MOVE to us")
+        ]
         return steps
     step("C-FIND", do_find)
     step("C-MOVE to us", do_move)
@@ -888,14 +1131,24 @@ def _probe_instance(settings: Settings, node: Node, study_uid: str) -> dict[str,
     """The unique keys of one instance of ``study_uid``, found by C-FIND, or ``None``."""
     if not study_uid:
         return None
-    series = find(settings, node, "SERIES", {"StudyInstanceUID": study_uid},
-                  return_keys=["SeriesInstanceUID"], limit=1)["answers"]
+    series = find(
+        settings, node, "SERIES", {"StudyInstanceUID": study_uid}, return_keys=["SeriesInstanceUID"], limit=1
+    )["answers"]
     if not series:
         return None
     series_uid = series[0].get("SeriesInstanceUID", "")
-    images = find(settings, node, "IMAGE", {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid},
-                  return_keys=["SOPInstanceUID"], limit=1)["answers"]
+    images = find(
+        settings,
+        node,
+        "IMAGE",
+        {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid},
+        return_keys=["SOPInstanceUID"],
+        limit=1,
+    )["answers"]
     if not images or not images[0].get("SOPInstanceUID"):
         return None
-    return {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid,
-            "SOPInstanceUID": images[0]["SOPInstanceUID"]}
+    return {
+        "StudyInstanceUID": study_uid,
+        "SeriesInstanceUID": series_uid,
+        "SOPInstanceUID": images[0]["SOPInstanceUID"],
+    }

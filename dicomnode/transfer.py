@@ -14,6 +14,7 @@ Parameters (``Job.params``):
   classes to accept besides the common ones); ``move`` also ``destination`` (default our AE
   title) and ``our_port`` (for the message when the remote node does not know us).
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,6 +43,7 @@ UID_CHUNK = 100
 
 # -- send -----------------------------------------------------------------------------------
 
+
 def send_items(resources: list[dict[str, Any]]) -> list[scu.SendItem]:
     """The stored instances of local resources, in study/series/instance order, each once.
 
@@ -50,21 +52,42 @@ def send_items(resources: list[dict[str, Any]]) -> list[scu.SendItem]:
     DolmenError
         ``bad_request`` for an unknown level; ``not_found`` when a resource has no instance.
     """
-    fields = {"patient": Patient.public_id, "study": Study.public_id, "series": Series.public_id,
-              "instance": Instance.public_id}
+    fields = {
+        "patient": Patient.public_id,
+        "study": Study.public_id,
+        "series": Series.public_id,
+        "instance": Instance.public_id,
+    }
     seen: set[int] = set()
     items: list[scu.SendItem] = []
     for resource in resources:
         level, public_id = str(resource.get("level", "")).lower(), str(resource.get("id", ""))
         if level not in fields:
-            raise DolmenError(f"Unknown resource level {level!r}: use {', '.join(RESOURCE_LEVELS)}",
-                              code="bad_request")
-        query = (Instance.select(Instance.pk, Instance.path, Instance.sop_class_uid, Instance.sop_instance_uid,
-                                 Instance.transfer_syntax_uid, Instance.file_size)
-                 .join(Series).join(Study).join(Patient)
-                 .where(fields[level] == public_id)
-                 .order_by(Study.study_date, Study.pk, Series.series_number, Series.pk,
-                           Instance.instance_number, Instance.pk))
+            raise DolmenError(
+                f"Unknown resource level {level!r}: use {', '.join(RESOURCE_LEVELS)}", code="bad_request"
+            )
+        query = (
+            Instance.select(
+                Instance.pk,
+                Instance.path,
+                Instance.sop_class_uid,
+                Instance.sop_instance_uid,
+                Instance.transfer_syntax_uid,
+                Instance.file_size,
+            )
+            .join(Series)
+            .join(Study)
+            .join(Patient)
+            .where(fields[level] == public_id)
+            .order_by(
+                Study.study_date,
+                Study.pk,
+                Series.series_number,
+                Series.pk,
+                Instance.instance_number,
+                Instance.pk,
+            )
+        )
         rows = list(query)
         if not rows:
             raise DolmenError(f"No {level} {public_id} here (or it holds no instance)", code="not_found")
@@ -72,8 +95,15 @@ def send_items(resources: list[dict[str, Any]]) -> list[scu.SendItem]:
             if row.pk in seen:
                 continue
             seen.add(row.pk)
-            items.append(scu.SendItem(str(row.path), str(row.sop_class_uid), str(row.sop_instance_uid),
-                                      str(row.transfer_syntax_uid), int(row.file_size)))
+            items.append(
+                scu.SendItem(
+                    str(row.path),
+                    str(row.sop_class_uid),
+                    str(row.sop_instance_uid),
+                    str(row.transfer_syntax_uid),
+                    int(row.file_size),
+                )
+            )
     return items
 
 
@@ -82,19 +112,29 @@ def run_send(job: jobs.JobContext) -> None:
     node = nodes.get_node(job.settings, str(job.params.get("modality", "")))
     items = send_items(list(job.params.get("resources") or []))
     assert job.store is not None
-    items = [scu.SendItem(str(job.store.path(i.path)), i.sop_class_uid, i.sop_instance_uid,
-                          i.transfer_syntax_uid, i.size) for i in items]
+    items = [
+        scu.SendItem(
+            str(job.store.path(i.path)), i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.size
+        )
+        for i in items
+    ]
     job.progress(total=len(items), force=True)
 
     def on_result(item: scu.SendItem, status: int | None, message: str) -> None:
         if status is not None and (status == scu.SUCCESS or status in scu.STORE_WARNINGS):
-            job.progress(done=job.done + 1, bytes_done=job.bytes_done + item.size,
-                         warning=job.warning + (status != scu.SUCCESS))
+            job.progress(
+                done=job.done + 1,
+                bytes_done=job.bytes_done + item.size,
+                warning=job.warning + (status != scu.SUCCESS),
+            )
             if status != scu.SUCCESS:
                 job.note(sop_instance_uid=item.sop_instance_uid, status=f"0x{status:04X}", message=message)
         else:
-            job.fail_item(sop_instance_uid=item.sop_instance_uid,
-                          status=f"0x{status:04X}" if status is not None else None, message=message)
+            job.fail_item(
+                sop_instance_uid=item.sop_instance_uid,
+                status=f"0x{status:04X}" if status is not None else None,
+                message=message,
+            )
 
     report = scu.send(job.settings, node, items, on_result=on_result, cancelled=job.cancelled)
     job.flush(force=True)
@@ -106,43 +146,82 @@ def run_send(job: jobs.JobContext) -> None:
 
 # -- retrieve -------------------------------------------------------------------------------
 
+
 def _local_uids(uids: list[str]) -> set[str]:
     here: set[str] = set()
     for n in range(0, len(uids), 500):
-        chunk = uids[n:n + 500]
-        here.update(str(u) for (u,) in Instance.select(Instance.sop_instance_uid)
-                    .where(Instance.sop_instance_uid.in_(chunk)).tuples())
+        chunk = uids[n : n + 500]
+        rows: Any = Instance.select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(chunk))
+        here.update(str(row[0]) for row in rows.tuples())
     return here
 
 
-def missing_parts(job: jobs.JobContext, node: nodes.Node, level: str, keys: dict[str, Any]) -> list[dict[str, Any]]:
+def missing_parts(
+    job: jobs.JobContext, node: nodes.Node, level: str, keys: dict[str, Any]
+) -> list[dict[str, Any]]:
     """IMAGE-level key sets naming the instances under ``keys`` that are not here (C-FIND at each level)."""
     settings = job.settings
     level = level.upper()
     if level == "IMAGE":
         return [] if _local_uids([str(keys["SOPInstanceUID"])]) else [dict(keys)]
-    studies = [str(keys["StudyInstanceUID"])] if level != "PATIENT" else [
-        a["StudyInstanceUID"] for a in scu.find(settings, node, "STUDY", {"PatientID": keys["PatientID"]},
-                                                return_keys=["StudyInstanceUID"], limit=10000)["answers"]
-        if a.get("StudyInstanceUID")]
+    studies = (
+        [str(keys["StudyInstanceUID"])]
+        if level != "PATIENT"
+        else [
+            a["StudyInstanceUID"]
+            for a in scu.find(
+                settings,
+                node,
+                "STUDY",
+                {"PatientID": keys["PatientID"]},
+                return_keys=["StudyInstanceUID"],
+                limit=10000,
+            )["answers"]
+            if a.get("StudyInstanceUID")
+        ]
+    )
     parts: list[dict[str, Any]] = []
     for study in studies:
-        series = [str(keys["SeriesInstanceUID"])] if level == "SERIES" else [
-            a["SeriesInstanceUID"] for a in scu.find(settings, node, "SERIES", {"StudyInstanceUID": study},
-                                                     return_keys=["SeriesInstanceUID"], limit=10000)["answers"]
-            if a.get("SeriesInstanceUID")]
+        series = (
+            [str(keys["SeriesInstanceUID"])]
+            if level == "SERIES"
+            else [
+                a["SeriesInstanceUID"]
+                for a in scu.find(
+                    settings,
+                    node,
+                    "SERIES",
+                    {"StudyInstanceUID": study},
+                    return_keys=["SeriesInstanceUID"],
+                    limit=10000,
+                )["answers"]
+                if a.get("SeriesInstanceUID")
+            ]
+        )
         for series_uid in series:
             job.check_cancelled()
-            answers = scu.find(settings, node, "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series_uid},
-                               return_keys=["SOPInstanceUID"], limit=100000)["answers"]
+            answers = scu.find(
+                settings,
+                node,
+                "IMAGE",
+                {"StudyInstanceUID": study, "SeriesInstanceUID": series_uid},
+                return_keys=["SOPInstanceUID"],
+                limit=100000,
+            )["answers"]
             remote = [a["SOPInstanceUID"] for a in answers if a.get("SOPInstanceUID")]
             here = _local_uids(remote)
             missing = [u for u in remote if u not in here]
             for n in range(0, len(missing), UID_CHUNK):
-                parts.append({"StudyInstanceUID": study, "SeriesInstanceUID": series_uid,
-                              "SOPInstanceUID": missing[n:n + UID_CHUNK]})
-    job.note(message=f"{sum(len(p['SOPInstanceUID']) for p in parts)} instance(s) missing here",
-             parts=len(parts))
+                parts.append(
+                    {
+                        "StudyInstanceUID": study,
+                        "SeriesInstanceUID": series_uid,
+                        "SOPInstanceUID": missing[n : n + UID_CHUNK],
+                    }
+                )
+    job.note(
+        message=f"{sum(len(p['SOPInstanceUID']) for p in parts)} instance(s) missing here", parts=len(parts)
+    )
     return parts
 
 
@@ -194,20 +273,29 @@ def _retrieve(job: jobs.JobContext, method: str) -> None:
         progress.next_part()
         if report.cancelled:
             raise jobs.JobCancelled("cancelled: the remote node was sent a C-CANCEL")
-    for uid in failed_uids[:jobs.MAX_DETAILS]:
+    for uid in failed_uids[: jobs.MAX_DETAILS]:
         job.fail_item(count=False, sop_instance_uid=uid, message="listed as failed by the remote node")
     job.flush(force=True)
     if job.failed:
         raise jobs.JobFailed(f"{job.failed} instance(s) could not be retrieved")
 
 
-def _retrieve_part(job: jobs.JobContext, node: nodes.Node, method: str, level: str, keys: dict[str, Any],
-                   progress: _Progress) -> scu.RetrieveReport:
+def _retrieve_part(
+    job: jobs.JobContext, node: nodes.Node, method: str, level: str, keys: dict[str, Any], progress: _Progress
+) -> scu.RetrieveReport:
     params = job.params
     if method == "move":
         try:
-            return scu.move(job.settings, node, level, keys, params.get("destination") or None,
-                            on_response=progress, cancelled=job.cancelled, our_port=params.get("our_port"))
+            return scu.move(
+                job.settings,
+                node,
+                level,
+                keys,
+                params.get("destination") or None,
+                on_response=progress,
+                cancelled=job.cancelled,
+                our_port=params.get("our_port"),
+            )
         except RemoteError as exc:
             # Orthanc answers 0xC000 (unable to process) when it does not know the destination.
             if exc.code in ("move_destination_unknown", "unable_to_process") and node.fallback_get:
@@ -217,8 +305,9 @@ def _retrieve_part(job: jobs.JobContext, node: nodes.Node, method: str, level: s
     return _get(job, node, level, keys, progress)
 
 
-def _get(job: jobs.JobContext, node: nodes.Node, level: str, keys: dict[str, Any],
-         progress: _Progress) -> scu.RetrieveReport:
+def _get(
+    job: jobs.JobContext, node: nodes.Node, level: str, keys: dict[str, Any], progress: _Progress
+) -> scu.RetrieveReport:
     assert job.ingestor is not None and job.store is not None
     ingestor = job.ingestor
     source = Source("retrieve", node.aet, node.host, job.settings["dicom.aet"])
@@ -229,13 +318,25 @@ def _get(job: jobs.JobContext, node: nodes.Node, level: str, keys: dict[str, Any
         if result.ok:
             job.progress(bytes_done=job.bytes_done + size)
             return scu.SUCCESS
-        job.fail_item(count=False, sop_instance_uid=result.sop_instance_uid, status=None,
-                      message=f"refused here: {result.reason}")
+        job.fail_item(
+            count=False,
+            sop_instance_uid=result.sop_instance_uid,
+            status=None,
+            message=f"refused here: {result.reason}",
+        )
         return 0xA700 if result.code == "storage_full" else 0xC000
 
-    return scu.get(job.settings, node, level, keys, store=store, spool_dir=job.store.spool_dir("retrieve"),
-                   sop_classes=list(job.params.get("sop_classes") or []), on_response=progress,
-                   cancelled=job.cancelled)
+    return scu.get(
+        job.settings,
+        node,
+        level,
+        keys,
+        store=store,
+        spool_dir=job.store.spool_dir("retrieve"),
+        sop_classes=list(job.params.get("sop_classes") or []),
+        on_response=progress,
+        cancelled=job.cancelled,
+    )
 
 
 def run_move(job: jobs.JobContext) -> None:

@@ -1,4 +1,5 @@
 """The job registry and runner: lifecycle, progress, cancel, retry, concurrency, restarts."""
+
 from __future__ import annotations
 
 import threading
@@ -68,8 +69,11 @@ def runner(short_tmp: Path) -> Iterator[jobs.Runner]:
 
 
 def wait_state(job_id: int, *states: str, timeout: float = 10) -> Job:
-    return wait_for(lambda: (j := jobs.get(job_id)).state in states and j, timeout=timeout,
-                    what=f"job {job_id} to be {states}")
+    return wait_for(
+        lambda: (j := jobs.get(job_id)).state in states and j,
+        timeout=timeout,
+        what=f"job {job_id} to be {states}",
+    )
 
 
 def test_a_job_runs_to_success_with_progress(runner: jobs.Runner) -> None:
@@ -150,8 +154,15 @@ def test_concurrency_runs_jobs_side_by_side(runner: jobs.Runner) -> None:
 def test_running_jobs_are_marked_interrupted_at_start(short_tmp: Path) -> None:
     settings = config.from_dict({"storage": {"path": str(short_tmp / "data")}})
     index.open_index(settings.database_url)
-    job = Job.create(kind="test_count", target="pacs", state=jobs.RUNNING, params='{"n": 1}',
-                     started_at=utcnow(), done=3, total=10)
+    job = Job.create(
+        kind="test_count",
+        target="pacs",
+        state=jobs.RUNNING,
+        params='{"n": 1}',
+        started_at=utcnow(),
+        done=3,
+        total=10,
+    )
     r = jobs.Runner(settings)
     r.start()
     try:
@@ -168,8 +179,14 @@ def test_a_job_running_when_the_sidecar_dies_is_marked_failed_and_can_be_retried
     server = dolmen_factory()
     index.open_index(f"sqlite:///{server.data / 'index.db'}")
     try:
-        job = Job.create(kind="send", target="pacs", state=jobs.RUNNING, started_at=utcnow(),
-                         params='{"modality": "pacs", "resources": []}', description="a send cut short")
+        job = Job.create(
+            kind="send",
+            target="pacs",
+            state=jobs.RUNNING,
+            started_at=utcnow(),
+            params='{"modality": "pacs", "resources": []}',
+            description="a send cut short",
+        )
         old_pid = server.sidecar_pid()
         import os
         import signal

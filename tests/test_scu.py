@@ -1,5 +1,6 @@
 """The SCU against real peers: Orthanc (echo, find at every level, C-GET, C-MOVE errors,
 rejections), DCMTK storescp (send, transcoding) and pynetdicom SCPs answering chosen statuses."""
+
 from __future__ import annotations
 
 import shutil
@@ -15,7 +16,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import evt
 from pynetdicom.sop_class import CTImageStorage
-from pynetdicom.sop_class import MRImageStorage
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
 from dicomnode import config
@@ -32,14 +32,20 @@ pytestmark = pytest.mark.orthanc
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> config.Settings:
-    return config.from_dict({"storage": {"path": str(tmp_path_factory.mktemp("scu"))},
-                             "dicom": {"port": 4242, "dimse_timeout": 20.0}})
+    return config.from_dict(
+        {
+            "storage": {"path": str(tmp_path_factory.mktemp("scu"))},
+            "dicom": {"port": 4242, "dimse_timeout": 20.0},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """2 patients × 2 studies × 2 series × 3 instances, 32×32."""
-    return demodata.write(tmp_path_factory.mktemp("demo"), patients=2, studies=2, series=2, instances=3, size=32)
+    return demodata.write(
+        tmp_path_factory.mktemp("demo"), patients=2, studies=2, series=2, instances=3, size=32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +73,17 @@ def pacs(orthanc: Any) -> Node:
 
 def item(path: Path | str) -> scu.SendItem:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return scu.SendItem(str(path), str(ds.SOPClassUID), str(ds.SOPInstanceUID),
-                        str(ds.file_meta.TransferSyntaxUID), Path(path).stat().st_size)
+    return scu.SendItem(
+        str(path),
+        str(ds.SOPClassUID),
+        str(ds.SOPInstanceUID),
+        str(ds.file_meta.TransferSyntaxUID),
+        Path(path).stat().st_size,
+    )
 
 
 # -- echo and the association errors --------------------------------------------------------
+
 
 def test_echo_answers_with_the_round_trip_time(settings: config.Settings, pacs: Node) -> None:
     result = scu.echo(settings, pacs)
@@ -96,14 +108,22 @@ def test_unknown_host_is_named(settings: config.Settings) -> None:
 def strict_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """An Orthanc that checks the called AE title and knows no modality (so refuses us)."""
     folder = Path(tempfile_dir(tmp_path_factory))
-    server = start_orthanc(folder, "STRICT", DicomCheckCalledAet=True, DicomAlwaysAllowEcho=False,
-                           DicomAlwaysAllowStore=False, DicomModalities={})
+    server = start_orthanc(
+        folder,
+        "STRICT",
+        DicomCheckCalledAet=True,
+        DicomAlwaysAllowEcho=False,
+        DicomAlwaysAllowStore=False,
+        DicomModalities={},
+    )
     yield server
     server.stop()
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_a_wrong_called_ae_title_is_rejected_with_the_reason(settings: config.Settings, strict_orthanc: Any) -> None:
+def test_a_wrong_called_ae_title_is_rejected_with_the_reason(
+    settings: config.Settings, strict_orthanc: Any
+) -> None:
     node = Node("strict", "WRONG", "127.0.0.1", strict_orthanc.dicom_port, ())
     with pytest.raises(RemoteError) as err:
         scu.echo(settings, node)
@@ -112,7 +132,9 @@ def test_a_wrong_called_ae_title_is_rejected_with_the_reason(settings: config.Se
     assert "Check that 'strict' is really called 'WRONG'" in err.value.message
 
 
-def test_a_node_that_does_not_know_us_rejects_and_we_say_so(settings: config.Settings, strict_orthanc: Any) -> None:
+def test_a_node_that_does_not_know_us_rejects_and_we_say_so(
+    settings: config.Settings, strict_orthanc: Any
+) -> None:
     node = Node("strict", "STRICT", "127.0.0.1", strict_orthanc.dicom_port, ())
     for attempt in (lambda: scu.echo(settings, node), lambda: scu.find(settings, node, "STUDY", {})):
         with pytest.raises(RemoteError) as err:
@@ -123,6 +145,7 @@ def test_a_node_that_does_not_know_us_rejects_and_we_say_so(settings: config.Set
 
 
 # -- C-FIND -------------------------------------------------------------------------------
+
 
 def test_a_node_that_refuses_our_query_aborts_and_we_say_so(settings: config.Settings, pacs: Node) -> None:
     stranger = settings.replace(**{"dicom.aet": "STRANGER"})
@@ -141,16 +164,27 @@ def test_find_at_every_level(settings: config.Settings, pacs: Node, demo: list[P
     assert len(studies["answers"]) == 2 and studies["status"] == 0 and not studies["truncated"]
     study = studies["answers"][0]
     assert study["PatientID"] == "PAT00000" and study["NumberOfStudyRelatedInstances"] == "6"
-    assert set(study) >= {"StudyInstanceUID", "StudyDate", "StudyDescription", "AccessionNumber", "ModalitiesInStudy"}
+    assert set(study) >= {
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyDescription",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+    }
 
     uid = study["StudyInstanceUID"]
     series = scu.find(settings, pacs, "SERIES", {"StudyInstanceUID": uid})["answers"]
     assert len(series) == 2 and all(s["NumberOfSeriesRelatedInstances"] == "3" for s in series)
 
-    images = scu.find(settings, pacs, "IMAGE", {"StudyInstanceUID": uid,
-                                                "SeriesInstanceUID": series[0]["SeriesInstanceUID"]})["answers"]
-    assert len(images) == 3 and all(i["SOPClassUID"] in (demodata.CT_IMAGE_STORAGE, demodata.MR_IMAGE_STORAGE)
-                                    for i in images)
+    images = scu.find(
+        settings,
+        pacs,
+        "IMAGE",
+        {"StudyInstanceUID": uid, "SeriesInstanceUID": series[0]["SeriesInstanceUID"]},
+    )["answers"]
+    assert len(images) == 3 and all(
+        i["SOPClassUID"] in (demodata.CT_IMAGE_STORAGE, demodata.MR_IMAGE_STORAGE) for i in images
+    )
 
 
 def test_find_with_date_range_and_modality(settings: config.Settings, pacs: Node, demo: list[Path]) -> None:
@@ -167,7 +201,9 @@ def test_find_is_capped_and_keeps_a_transcript(settings: config.Settings, pacs: 
     transcript = result["transcript"]
     assert transcript["op"] == "C-FIND" and transcript["level"] == "IMAGE"
     sent = {e["keyword"]: e for e in transcript["identifier"]}
-    assert sent["QueryRetrieveLevel"]["value"] == "IMAGE" and sent["QueryRetrieveLevel"]["tag"] == "(0008,0052)"
+    assert (
+        sent["QueryRetrieveLevel"]["value"] == "IMAGE" and sent["QueryRetrieveLevel"]["tag"] == "(0008,0052)"
+    )
     assert transcript["responses"][0]["status"] == "0xFF00"
     assert transcript["responses"][-1]["status"] == "aborted"
 
@@ -180,6 +216,7 @@ def test_a_bad_keyword_is_refused_before_sending(settings: config.Settings, pacs
 
 # -- C-GET and C-MOVE ---------------------------------------------------------------------
 
+
 def test_get_brings_every_instance_of_a_study(settings: config.Settings, pacs: Node, tmp_path: Path) -> None:
     uid = scu.find(settings, pacs, "STUDY", {"PatientID": "PAT00001"})["answers"][0]["StudyInstanceUID"]
     received: list[str] = []
@@ -190,8 +227,15 @@ def test_get_brings_every_instance_of_a_study(settings: config.Settings, pacs: N
         path.unlink()
         return 0
 
-    report = scu.get(settings, pacs, "STUDY", {"StudyInstanceUID": uid}, store=store, spool_dir=tmp_path,
-                     on_response=responses.append)
+    report = scu.get(
+        settings,
+        pacs,
+        "STUDY",
+        {"StudyInstanceUID": uid},
+        store=store,
+        spool_dir=tmp_path,
+        on_response=responses.append,
+    )
     assert report.status == 0 and report.completed == 6 and report.failed == 0
     assert received == [uid] * 6
     assert responses[0]["request"] == "C-GET"
@@ -201,7 +245,9 @@ def test_get_brings_every_instance_of_a_study(settings: config.Settings, pacs: N
 def test_get_counts_instances_we_refuse(settings: config.Settings, pacs: Node, tmp_path: Path) -> None:
     uid = scu.find(settings, pacs, "STUDY", {"PatientID": "PAT00001"})["answers"][0]["StudyInstanceUID"]
     with pytest.raises(RemoteError) as err:
-        scu.get(settings, pacs, "STUDY", {"StudyInstanceUID": uid}, store=lambda p: 0xA700, spool_dir=tmp_path)
+        scu.get(
+            settings, pacs, "STUDY", {"StudyInstanceUID": uid}, store=lambda p: 0xA700, spool_dir=tmp_path
+        )
     # Orthanc ends with 0xA702 when every sub-operation failed.
     assert err.value.code == "out_of_resources" and "all 6 sub-operation(s) failed" in err.value.message
 
@@ -213,7 +259,9 @@ def test_move_to_an_unknown_destination_says_how_to_fix_it(settings: config.Sett
     # Orthanc answers 0xC000 (not 0xA801) when it cannot reach or does not know the destination.
     assert err.value.code == "unable_to_process"
     assert "0xC000" in err.value.message
-    assert "declare DOLMEN at 127.0.0.1:4242 in its configuration, or retrieve with C-GET" in err.value.message
+    assert (
+        "declare DOLMEN at 127.0.0.1:4242 in its configuration, or retrieve with C-GET" in err.value.message
+    )
 
 
 def test_retrieve_needs_the_unique_keys(settings: config.Settings, pacs: Node) -> None:
@@ -240,8 +288,11 @@ def peer() -> Iterator[dict[str, Any]]:
         return
 
     port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_C_MOVE, on_move)])
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_C_MOVE, on_move)],
+    )
     state["node"] = Node("peer", "PEER", "127.0.0.1", port, ())
     yield state
     server.shutdown()
@@ -253,10 +304,12 @@ def test_move_destination_unknown_0xa801(settings: config.Settings, peer: dict[s
     assert err.value.code == "move_destination_unknown"
     assert err.value.message == (
         "peer answered the C-MOVE with 0xA801 Move destination unknown: the remote node does not know our "
-        "AE title — declare DOLMEN at 127.0.0.1:4242 in its configuration, or retrieve with C-GET")
+        "AE title — declare DOLMEN at 127.0.0.1:4242 in its configuration, or retrieve with C-GET"
+    )
 
 
 # -- send ---------------------------------------------------------------------------------
+
 
 def ct_files(folder: Path, n: int) -> list[Path]:
     paths = []
@@ -268,13 +321,19 @@ def ct_files(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def test_send_reports_each_status_and_goes_on(settings: config.Settings, peer: dict[str, Any], tmp_path: Path) -> None:
+def test_send_reports_each_status_and_goes_on(
+    settings: config.Settings, peer: dict[str, Any], tmp_path: Path
+) -> None:
     files = [item(p) for p in ct_files(tmp_path, 4)]
     mr = item(get_testdata_file("MR_small.dcm"))
     peer["statuses"] = {files[1].sop_instance_uid: 0xA700, files[2].sop_instance_uid: 0xB000}
     results: list[tuple[str, int | None, str]] = []
-    report = scu.send(settings, peer["node"], files + [mr],
-                      on_result=lambda i, status, msg: results.append((i.sop_instance_uid, status, msg)))
+    report = scu.send(
+        settings,
+        peer["node"],
+        files + [mr],
+        on_result=lambda i, status, msg: results.append((i.sop_instance_uid, status, msg)),
+    )
     assert (report.sent, report.failed, report.warnings) == (3, 2, 1)
     assert results[1][1] == 0xA700 and "0xA700 Out of resources" in results[1][2]
     assert results[2][1] == 0xB000 and results[2][2].startswith("Warning 0xB000")
@@ -282,12 +341,18 @@ def test_send_reports_each_status_and_goes_on(settings: config.Settings, peer: d
     assert report.bytes_sent == sum(f.size for f in (files[0], files[2], files[3]))
 
 
-def test_send_stops_between_instances_when_cancelled(settings: config.Settings, peer: dict[str, Any],
-                                                     tmp_path: Path) -> None:
+def test_send_stops_between_instances_when_cancelled(
+    settings: config.Settings, peer: dict[str, Any], tmp_path: Path
+) -> None:
     files = [item(p) for p in ct_files(tmp_path, 5)]
     done: list[str] = []
-    report = scu.send(settings, peer["node"], files, on_result=lambda i, s, m: done.append(i.sop_instance_uid),
-                      cancelled=lambda: len(done) >= 2)
+    report = scu.send(
+        settings,
+        peer["node"],
+        files,
+        on_result=lambda i, s, m: done.append(i.sop_instance_uid),
+        cancelled=lambda: len(done) >= 2,
+    )
     assert report.cancelled and report.sent == 2 and len(peer["stored"]) == 2
 
 
@@ -323,8 +388,9 @@ def received(folder: Path) -> dict[str, Dataset]:
     return out
 
 
-def test_send_to_storescp_transcodes_when_it_takes_only_uncompressed(settings: config.Settings, storescp: Any,
-                                                                     tmp_path: Path) -> None:
+def test_send_to_storescp_transcodes_when_it_takes_only_uncompressed(
+    settings: config.Settings, storescp: Any, tmp_path: Path
+) -> None:
     node, out = storescp()  # storescp accepts uncompressed syntaxes only by default
     jpeg2000 = item(get_testdata_file("MR_small_jp2klossless.dcm"))
     plain = item(get_testdata_file("CT_small.dcm"))
@@ -337,19 +403,24 @@ def test_send_to_storescp_transcodes_when_it_takes_only_uncompressed(settings: c
     assert got[plain.sop_instance_uid].PatientName == pydicom.dcmread(plain.path).PatientName
 
 
-def test_send_to_storescp_keeps_the_stored_syntax_when_accepted(settings: config.Settings, storescp: Any) -> None:
+def test_send_to_storescp_keeps_the_stored_syntax_when_accepted(
+    settings: config.Settings, storescp: Any
+) -> None:
     node, out = storescp("+xa")  # accept every transfer syntax
     jpeg2000 = item(get_testdata_file("MR_small_jp2klossless.dcm"))
     report = scu.send(settings, node, [jpeg2000])
     assert (report.sent, report.transcoded) == (1, 0)
-    assert received(out)[jpeg2000.sop_instance_uid].file_meta.TransferSyntaxUID == jpeg2000.transfer_syntax_uid
+    assert (
+        received(out)[jpeg2000.sop_instance_uid].file_meta.TransferSyntaxUID == jpeg2000.transfer_syntax_uid
+    )
 
 
 def test_status_messages_say_what_to_do() -> None:
     node = Node("pacs", "PACS", "10.0.0.5", 104, ())
     assert scu.status_message(0x0122, "find", node) == (
         "pacs answered the C-FIND with 0x0122 SOP class not supported. "
-        "The remote node does not implement this service.")
+        "The remote node does not implement this service."
+    )
     assert scu.error_code(0xA702) == "out_of_resources" and scu.error_code(0xC123) == "unable_to_process"
     assert "Cannot understand" in scu.status_message(0xC000, "store", node, comment="bad pixel data")
     assert "(bad pixel data)" in scu.status_message(0xC000, "store", node, comment="bad pixel data")
