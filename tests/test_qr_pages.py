@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import socket
@@ -35,51 +36,53 @@ HX = {"HX-Request": "true"}
 class Env:
     dolmen: DolmenProcess
     pacs: OrthancProcess
-    lost: OrthancProcess
+    lost: OrthancProcess | None
     scp_dir: Path
 
 
-@pytest.fixture(scope="module")
-def env(dcmtk: Any) -> Iterator[Env]:
-    """Dolmen declaring three nodes: Orthanc ``pacs`` (which declares Dolmen), Orthanc ``lost``
-    (which has Dolmen at a wrong port), storescp ``scp``, and ``closed`` (nothing listens)."""
+@contextlib.contextmanager
+def qr_environment(dcmtk: Any, *, lost: bool = True) -> Iterator[Env]:
+    """Dolmen declaring: Orthanc ``pacs`` (which declares Dolmen), storescp ``scp``, ``closed``
+    (nothing listens) and, with ``lost``, Orthanc ``lost`` (which has Dolmen at a wrong port).
+    Both Orthancs hold 2 patients × 1 study × 2 series × 3 instances."""
     base = Path(tempfile.mkdtemp(prefix="dq-", dir="/tmp"))
     doc = make_config_doc(base / "data")
-    port = doc["dicom"]["port"]
-    pacs = start_orthanc(base / "pacs", "PACS", DicomModalities={"dolmen": ["DOLMEN", "127.0.0.1", port]})
-    lost = start_orthanc(
-        base / "lost", "LOST", DicomModalities={"dolmen": ["DOLMEN", "127.0.0.1", free_port()]}
-    )
+    us = ["DOLMEN", "127.0.0.1", doc["dicom"]["port"]]
+    orthancs = [start_orthanc(base / "pacs", "PACS", DicomModalities={"dolmen": us})]
+    if lost:
+        wrong = ["DOLMEN", "127.0.0.1", free_port()]
+        orthancs.append(start_orthanc(base / "lost", "LOST", DicomModalities={"dolmen": wrong}))
     for path in demodata.write(base / "demo", patients=2, studies=1, series=2, instances=3, size=32):
-        pacs.post("/instances", data=path.read_bytes())
-        lost.post("/instances", data=path.read_bytes())
+        for orthanc in orthancs:
+            orthanc.post("/instances", data=path.read_bytes())
     scp_dir = base / "scp"
     scp_dir.mkdir()
     scp_port = free_port()
     storescp = dcmtk.popen("storescp", "-aet", "STORESCP", "-od", str(scp_dir), str(scp_port))
-    wait_for(
-        lambda: socket.create_connection(("127.0.0.1", scp_port), timeout=1).close() or True, what="storescp"
-    )
-    doc["modalities.pacs"] = {
-        "aet": "PACS",
-        "host": "127.0.0.1",
-        "port": pacs.dicom_port,
-        "description": "Orthanc",
-    }
-    doc["modalities.lost"] = {"aet": "LOST", "host": "127.0.0.1", "port": lost.dicom_port}
+    wait_for(lambda: socket.create_connection(("127.0.0.1", scp_port), timeout=1).close() or True,
+             what="storescp")
+    for orthanc in orthancs:
+        doc[f"modalities.{orthanc.aet.lower()}"] = {"aet": orthanc.aet, "host": "127.0.0.1",
+                                                   "port": orthanc.dicom_port}
     doc["modalities.scp"] = {"aet": "STORESCP", "host": "127.0.0.1", "port": scp_port}
     doc["modalities.closed"] = {"aet": "CLOSED", "host": "127.0.0.1", "port": free_port()}
     server = start_dolmen(write_toml(base / "dolmen.toml", doc), base / "dolmen.log")
     try:
-        yield Env(server, pacs, lost, scp_dir)
+        yield Env(server, orthancs[0], orthancs[1] if lost else None, scp_dir)
     finally:
-        for process in (server.proc, storescp, pacs.proc, lost.proc):  # stop them side by side
+        for process in (server.proc, storescp, *(o.proc for o in orthancs)):  # stop them side by side
             process.terminate()
         server.stop()
         storescp.wait(10)
-        pacs.stop()
-        lost.stop()
+        for orthanc in orthancs:
+            orthanc.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def env(dcmtk: Any) -> Iterator[Env]:
+    with qr_environment(dcmtk) as environment:
+        yield environment
 
 
 def soup(response: requests.Response) -> BeautifulSoup:
