@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -121,6 +122,13 @@ def _describe_reject(primitive: Any) -> str:
     return ", ".join(p for p in parts if p) or "the association was rejected"
 
 
+def _no_delay(event: evt.Event) -> None:
+    """Send each PDU at once: without TCP_NODELAY a C-STORE whose data ends in a small PDV waits
+    for the peer's delayed ACK (~40 ms per instance on Linux)."""
+    with contextlib.suppress(AttributeError, OSError):
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 @contextlib.contextmanager
 def associate(
     settings: Settings,
@@ -161,7 +169,7 @@ def associate(
     def on_acse(event: evt.Event) -> None:
         received["primitive"] = getattr(event, "primitive", None)
 
-    handlers = list(evt_handlers or []) + [(evt.EVT_ACSE_RECV, on_acse)]
+    handlers = list(evt_handlers or []) + [(evt.EVT_ACSE_RECV, on_acse), (evt.EVT_CONN_OPEN, _no_delay)]
     assoc = ae.associate(node.host, node.port, ae_title=node.aet, ext_neg=ext_neg, evt_handlers=handlers)
     if assoc.is_rejected:
         why = _describe_reject(received.get("primitive"))
@@ -983,7 +991,7 @@ def send(
         batch = [i for i in pending if i.sop_class_uid in classes]
         ae = AE(ae_title=settings["dicom.aet"])
         ae.requested_contexts = group
-        with associate(settings, node, ae=ae) as assoc:
+        with associate(settings, node, ae=ae) as assoc, _reactor_held(assoc):
             for n, item in enumerate(batch):
                 if cancelled is not None and cancelled():
                     report.cancelled = True
@@ -997,6 +1005,41 @@ def send(
                 if on_result is not None:
                     on_result(item, status, message)
     return report
+
+
+class _HeldCheckpoint(threading.Event):
+    """An association's reactor checkpoint that stays cleared: ``set()`` does nothing."""
+
+    def set(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _reactor_held(assoc: Association) -> Iterator[None]:
+    """Keep the association's reactor thread paused during a run of C-STOREs.
+
+    pynetdicom unpauses the reactor after each response; the reactor then looks at the DIMSE
+    queue once more while ``send_c_store`` may already be waiting on it for the next
+    response, and when the reactor takes that response the C-STORE is lost and the
+    association aborted. (The window is tiny in pynetdicom but widens to the queue wait of
+    :mod:`dicomnode.netpatch`.) Held paused, the reactor cannot take it. Uses pynetdicom 3's
+    ``_reactor_checkpoint`` and ``_is_paused``.
+    """
+    original = assoc._reactor_checkpoint
+    original.clear()
+    deadline = time.monotonic() + 2.0
+    # Paused means blocked on the cleared checkpoint: it finishes at most one loop first.
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    time.sleep(0.01)
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    assoc._reactor_checkpoint = _HeldCheckpoint()
+    try:
+        yield
+    finally:
+        assoc._reactor_checkpoint = original
+        original.set()
 
 
 def _store_one(
