@@ -91,16 +91,15 @@ def get(level: str, public_id: str) -> Any:
 
 
 def instances_of(level: str, row: Any) -> Any:
-    """The instances of a resource as a query (joined to their series), in archive order."""
-    q = Instance.select(Instance, Series).join(Series)
+    """The instances of a resource as a query joined to their series, study and patient."""
+    q = Instance.select(Instance, Series).join(Series).join(Study).join(Patient)
     if level == INSTANCE:
         return q.where(Instance.pk == row.pk)
     if level == SERIES:
         return q.where(Series.pk == row.pk)
-    q = q.join(Study)
     if level == STUDY:
         return q.where(Study.pk == row.pk)
-    return q.where(Study.patient == row.pk)
+    return q.where(Patient.pk == row.pk)
 
 
 # -- lookup ------------------------------------------------------------------------------------

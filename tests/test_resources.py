@@ -104,7 +104,8 @@ def test_delete_study_and_patient(archive: tuple[Store, Ingestor]) -> None:
         resources.delete(store, "patient", other.public_id)
 
 
-def test_deleted_instance_can_be_stored_again(archive: tuple[Store, Ingestor], demo_files: list[Path]) -> None:
+def test_deleted_instance_can_be_stored_again(archive: tuple[Store, Ingestor],
+                                               demo_files: list[Path]) -> None:
     store, ingestor = archive
     series = Series.select().first()
     resources.delete(store, "series", series.public_id)

@@ -17,8 +17,8 @@ bp = Blueprint("system", __name__)
 
 @bp.route("/")
 def root() -> ResponseReturnValue:
-    """The landing page."""
-    return redirect(url_for("system.home"))
+    """The landing page: the study list."""
+    return redirect(url_for("browse.studies"))
 
 
 @bp.route("/system")
