@@ -173,14 +173,15 @@ class Sidecar:
                 for r in resources):
             raise DolmenError('send needs resources: [{"level": "study", "id": "..."}]', code="bad_request")
         transfer.send_items(resources)  # refuse unknown resources now, not in the job
-        description = str(args.get("description") or ", ".join(f"{r['level']} {r['id']}" for r in resources))
+        description = str(args.get("description") or transfer.describe(resources))
         return {"job": jobs.submit("send", node.name, {"modality": node.name, "resources": resources},
                                    description[:255])}
 
     def op_connectivity_test(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control op ``connectivity_test``: C-ECHO, C-FIND probe and a C-MOVE of one instance to us."""
         node = self._node(args)
-        return {"modality": node.name, "steps": scu.connectivity_test(self.settings, node, our_port=self.port)}
+        steps = scu.connectivity_test(self.settings, node, our_port=self.port)
+        return {"modality": node.name, "steps": steps}
 
     def op_job_submit(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control op ``job_submit``: queue a job of a registered kind (see :mod:`dicomnode.jobs`)."""

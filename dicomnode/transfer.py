@@ -107,6 +107,30 @@ def send_items(resources: list[dict[str, Any]]) -> list[scu.SendItem]:
     return items
 
 
+def describe(resources: list[dict[str, Any]]) -> str:
+    """What a send job sends, in words: ``study MULLER^ANNA 20150101 MR HEAD``."""
+    models: dict[str, Any] = {"patient": Patient, "study": Study, "series": Series, "instance": Instance}
+    parts = []
+    for resource in resources:
+        level, public_id = str(resource.get("level", "")), str(resource.get("id", ""))
+        model = models.get(level)
+        row = model.get_or_none(model.public_id == public_id) if model is not None else None
+        if row is None:
+            parts.append(f"{level} {public_id}")
+        elif level == "patient":
+            parts.append(f"patient {row.patient_name} ({row.patient_id})")
+        elif level == "study":
+            parts.append(f"study {row.patient.patient_name} {row.study_date} {row.study_description}")
+        elif level == "series":
+            parts.append(
+                f"series {row.series_number or ''} {row.modality} {row.series_description} "
+                f"of {row.study.patient.patient_name}"
+            )
+        else:
+            parts.append(f"instance {row.instance_number or ''} of series {row.series.series_description}")
+    return ", ".join(" ".join(p.split()) for p in parts)
+
+
 def run_send(job: jobs.JobContext) -> None:
     """C-STORE every instance of the resources to the modality, over one association."""
     node = nodes.get_node(job.settings, str(job.params.get("modality", "")))

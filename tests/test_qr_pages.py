@@ -389,6 +389,7 @@ def test_send_a_study_to_storescp(env: Env) -> None:
     )
     job = wait_job(env, job_id_of(response))
     assert job["State"] == "success" and job["Type"] == "send" and job["Target"] == "scp"
+    assert job["Description"].startswith("study SCHMIDT^BRUNO ")
     assert job["Progress"] == 100 and job["Done"] == job["Total"] > 0 and job["Bytes"] > 0
     assert len(list(env.scp_dir.iterdir())) >= job["Total"]
     listing = soup(env.dolmen.get("/jobs"))

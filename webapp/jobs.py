@@ -22,7 +22,9 @@ from flask.typing import ResponseReturnValue
 from dicomnode import jobs as joblib
 from dicomnode.errors import DolmenError
 from dicomnode.errors import NotFound
+from dicomnode.index import Instance
 from dicomnode.index import Job
+from dicomnode.index import Patient
 from dicomnode.index import Series
 from dicomnode.index import Study
 from webapp.htmx import is_htmx
@@ -57,44 +59,48 @@ def _helpers() -> dict[str, Any]:
     }
 
 
-def local_resources(job: Job) -> list[dict[str, str]]:
-    """Local studies and series that a retrieve job brought (or was to bring), with their pages."""
+LEVEL_MODELS: dict[str, Any] = {"patient": Patient, "study": Study, "series": Series, "instance": Instance}
+
+
+def _local_entry(level: str, row: Any) -> dict[str, Any]:
     from webapp.qr import local_url
 
+    label = {
+        "patient": lambda: f"Patient {row.patient_name} ({row.patient_id})",
+        "study": lambda: f"Study {row.study_date} {row.study_description}",
+        "series": lambda: f"Series {row.series_number or ''} {row.series_description}",
+        "instance": lambda: f"Instance {row.instance_number or ''}",
+    }[level]()
+    return {
+        "label": " ".join(label.split()),
+        "count": getattr(row, "num_instances", 1),
+        "url": local_url(level, row.public_id) or "",
+    }
+
+
+def local_resources(job: Job) -> list[dict[str, Any]]:
+    """The local resources of a job: what a send sends, what a retrieve brought (or was to bring)."""
+    params = joblib.params_of(job)
+    if job.kind == "send":
+        out = []
+        for resource in params.get("resources") or []:
+            model = LEVEL_MODELS.get(str(resource.get("level")))
+            row = model.get_or_none(model.public_id == str(resource.get("id"))) if model else None
+            if row is not None:
+                out.append(_local_entry(str(resource["level"]), row))
+        return out
     if job.kind not in ("move", "get"):
         return []
-    keys = joblib.params_of(job).get("keys") or {}
-    out = []
-    if keys.get("SeriesInstanceUID"):
-        for series in Series.select().where(Series.series_instance_uid == keys["SeriesInstanceUID"]):
-            out.append(
-                {
-                    "label": f"Series {series.series_number or ''} {series.series_description}".strip(),
-                    "count": series.num_instances,
-                    "url": local_url("series", series.public_id) or "",
-                }
-            )
-    elif keys.get("StudyInstanceUID"):
-        for study in Study.select().where(Study.study_instance_uid == keys["StudyInstanceUID"]):
-            out.append(
-                {
-                    "label": f"Study {study.study_date} {study.study_description}".strip(),
-                    "count": study.num_instances,
-                    "url": local_url("study", study.public_id) or "",
-                }
-            )
-    elif keys.get("PatientID"):
-        from dicomnode.index import Patient
-
-        for patient in Patient.select().where(Patient.patient_id == keys["PatientID"]):
-            out.append(
-                {
-                    "label": f"Patient {patient.patient_name} ({patient.patient_id})",
-                    "count": patient.num_instances,
-                    "url": local_url("patient", patient.public_id) or "",
-                }
-            )
-    return out
+    keys = params.get("keys") or {}
+    for level, key, field in (
+        ("series", "SeriesInstanceUID", Series.series_instance_uid),
+        ("study", "StudyInstanceUID", Study.study_instance_uid),
+        ("patient", "PatientID", Patient.patient_id),
+    ):
+        if keys.get(key):
+            model = LEVEL_MODELS[level]
+            return [_local_entry(level, row) for row in model.select().where(field == keys[key])]
+    return []
 
 
 @bp.route("/jobs")
@@ -190,7 +196,7 @@ def send() -> ResponseReturnValue:
             "send",
             modality=form.get("modality", ""),
             resources=[{"level": level, "id": resource_id}],
-            description=form.get("description", "")[:255] or f"{level} {resource_id}",
+            description=form.get("description", "")[:255],
         )["job"]
     except DolmenError as exc:
         if exc.code == "not_found":  # the sidecar's answer, as the page's own 404
