@@ -59,11 +59,15 @@ def qr_environment(dcmtk: Any, *, lost: bool = True) -> Iterator[Env]:
     scp_dir.mkdir()
     scp_port = free_port()
     storescp = dcmtk.popen("storescp", "-aet", "STORESCP", "-od", str(scp_dir), str(scp_port))
-    wait_for(lambda: socket.create_connection(("127.0.0.1", scp_port), timeout=1).close() or True,
-             what="storescp")
+    wait_for(
+        lambda: socket.create_connection(("127.0.0.1", scp_port), timeout=1).close() or True, what="storescp"
+    )
     for orthanc in orthancs:
-        doc[f"modalities.{orthanc.aet.lower()}"] = {"aet": orthanc.aet, "host": "127.0.0.1",
-                                                   "port": orthanc.dicom_port}
+        doc[f"modalities.{orthanc.aet.lower()}"] = {
+            "aet": orthanc.aet,
+            "host": "127.0.0.1",
+            "port": orthanc.dicom_port,
+        }
     doc["modalities.scp"] = {"aet": "STORESCP", "host": "127.0.0.1", "port": scp_port}
     doc["modalities.closed"] = {"aet": "CLOSED", "host": "127.0.0.1", "port": free_port()}
     server = start_dolmen(write_toml(base / "dolmen.toml", doc), base / "dolmen.log")
@@ -374,10 +378,23 @@ def test_move_to_a_node_that_cannot_reach_us_fails_with_the_fix(env: Env) -> Non
 
 
 def local_study(env: Env) -> str:
-    """The public id of PAT00001's study, which the retrieves above brought here."""
+    """The public id of PAT00001's study, retrieved first if a test above has not done it."""
     from dicomnode import ids
 
-    return ids.study_id("PAT00001", study_uid(env, "PAT00001"))
+    uid = study_uid(env, "PAT00001")
+    got = env.dolmen.post(
+        "/query/retrieve",
+        allow_redirects=False,
+        data={
+            "modality": "pacs",
+            "level": "study",
+            "StudyInstanceUID": uid,
+            "method": "get",
+            "missing_only": "1",
+        },
+    )
+    assert wait_job(env, job_id_of(got))["State"] == "success"
+    return ids.study_id("PAT00001", uid)
 
 
 def test_send_a_study_to_storescp(env: Env) -> None:
