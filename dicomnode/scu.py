@@ -125,8 +125,9 @@ def _describe_reject(primitive: Any) -> str:
 def _no_delay(event: evt.Event) -> None:
     """Send each PDU at once: without TCP_NODELAY a C-STORE whose data ends in a small PDV waits
     for the peer's delayed ACK (~40 ms per instance on Linux)."""
+    sock: Any = getattr(event.assoc.dul.socket, "socket", None)
     with contextlib.suppress(AttributeError, OSError):
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @contextlib.contextmanager
@@ -1124,9 +1125,9 @@ def connectivity_test(settings: Settings, node: Node, *, our_port: int | None = 
         return f"{node.name} answered in {echo(settings, node)['rtt_ms']} ms"
 
     def do_find() -> str:
-        result = find(settings, node, "STUDY", {}, return_keys=["StudyInstanceUID"], limit=1)
-        if result["answers"]:
-            found["study"] = result["answers"][0].get("StudyInstanceUID", "")
+        studies = unique_keys(settings, node, "STUDY", {}, limit=1)
+        if studies:
+            found["study"] = studies[0]
             return "C-FIND answered with at least one study"
         return "C-FIND answered: the remote node holds no study"
 
@@ -1170,28 +1171,19 @@ def connectivity_test(settings: Settings, node: Node, *, our_port: int | None = 
     return steps
 
 
+def unique_keys(settings: Settings, node: Node, level: str, keys: dict[str, Any], *, limit: int) -> list[str]:
+    """The unique keys of what matches ``keys`` at ``level`` (a study's SeriesInstanceUIDs...), by C-FIND."""
+    unique = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}[level]
+    answers = find(settings, node, level, keys, return_keys=[unique], limit=limit)["answers"]
+    return [a[unique] for a in answers if a.get(unique)]
+
+
 def _probe_instance(settings: Settings, node: Node, study_uid: str) -> dict[str, str] | None:
     """The unique keys of one instance of ``study_uid``, found by C-FIND, or ``None``."""
-    if not study_uid:
-        return None
-    series = find(
-        settings, node, "SERIES", {"StudyInstanceUID": study_uid}, return_keys=["SeriesInstanceUID"], limit=1
-    )["answers"]
-    if not series:
-        return None
-    series_uid = series[0].get("SeriesInstanceUID", "")
-    images = find(
-        settings,
-        node,
-        "IMAGE",
-        {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid},
-        return_keys=["SOPInstanceUID"],
-        limit=1,
-    )["answers"]
-    if not images or not images[0].get("SOPInstanceUID"):
-        return None
-    return {
-        "StudyInstanceUID": study_uid,
-        "SeriesInstanceUID": series_uid,
-        "SOPInstanceUID": images[0]["SOPInstanceUID"],
-    }
+    keys = {"StudyInstanceUID": study_uid}
+    for level, key in (("SERIES", "SeriesInstanceUID"), ("IMAGE", "SOPInstanceUID")):
+        found = unique_keys(settings, node, level, keys, limit=1) if study_uid else []
+        if not found:
+            return None
+        keys[key] = found[0]
+    return keys

@@ -191,48 +191,24 @@ def missing_parts(
     studies = (
         [str(keys["StudyInstanceUID"])]
         if level != "PATIENT"
-        else [
-            a["StudyInstanceUID"]
-            for a in scu.find(
-                settings,
-                node,
-                "STUDY",
-                {"PatientID": keys["PatientID"]},
-                return_keys=["StudyInstanceUID"],
-                limit=10000,
-            )["answers"]
-            if a.get("StudyInstanceUID")
-        ]
+        else scu.unique_keys(settings, node, "STUDY", {"PatientID": keys["PatientID"]}, limit=10000)
     )
     parts: list[dict[str, Any]] = []
     for study in studies:
         series = (
             [str(keys["SeriesInstanceUID"])]
             if level == "SERIES"
-            else [
-                a["SeriesInstanceUID"]
-                for a in scu.find(
-                    settings,
-                    node,
-                    "SERIES",
-                    {"StudyInstanceUID": study},
-                    return_keys=["SeriesInstanceUID"],
-                    limit=10000,
-                )["answers"]
-                if a.get("SeriesInstanceUID")
-            ]
+            else scu.unique_keys(settings, node, "SERIES", {"StudyInstanceUID": study}, limit=10000)
         )
         for series_uid in series:
             job.check_cancelled()
-            answers = scu.find(
+            remote = scu.unique_keys(
                 settings,
                 node,
                 "IMAGE",
                 {"StudyInstanceUID": study, "SeriesInstanceUID": series_uid},
-                return_keys=["SOPInstanceUID"],
                 limit=100000,
-            )["answers"]
-            remote = [a["SOPInstanceUID"] for a in answers if a.get("SOPInstanceUID")]
+            )
             here = _local_uids(remote)
             missing = [u for u in remote if u not in here]
             for n in range(0, len(missing), UID_CHUNK):

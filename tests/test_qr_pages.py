@@ -106,6 +106,12 @@ def job_id_of(response: requests.Response) -> int:
     return int(response.headers["Location"].rstrip("/").rsplit("/", 1)[1])
 
 
+def retrieve(env: Env, modality: str, level: str, method: str, **fields: str) -> dict[str, Any]:
+    """Post the retrieve dialog (no htmx) and wait for the job it starts."""
+    data = {"modality": modality, "level": level, "method": method, **fields}
+    return wait_job(env, job_id_of(env.dolmen.post("/query/retrieve", allow_redirects=False, data=data)))
+
+
 def study_uid(env: Env, patient_id: str) -> str:
     found = env.pacs.post(
         "/tools/find", json={"Level": "Study", "Query": {"PatientID": patient_id}, "Expand": True}
@@ -297,38 +303,23 @@ def test_retrieve_by_move_then_missing_only_by_get(env: Env) -> None:
         f"/studies/{env.pacs.post('/tools/lookup', data=uid).json()[0]['ID']}/series"
     ).json()
     series_uid = series[0]["MainDicomTags"]["SeriesInstanceUID"]
-    moved = env.dolmen.post(
-        "/query/retrieve",
-        allow_redirects=False,
-        data={
-            "modality": "pacs",
-            "level": "series",
-            "StudyInstanceUID": uid,
-            "SeriesInstanceUID": series_uid,
-            "method": "move",
-            "destination": "DOLMEN",
-            "description": "series 1",
-        },
+    job = retrieve(
+        env,
+        "pacs",
+        "series",
+        "move",
+        StudyInstanceUID=uid,
+        SeriesInstanceUID=series_uid,
+        destination="DOLMEN",
+        description="series 1",
     )
-    job = wait_job(env, job_id_of(moved))
     assert job["State"] == "success" and job["Type"] == "move" and job["Done"] == 3 and job["Progress"] == 100
     badge = here(env, uid)
     assert "here-partial" in badge["class"] and badge.text.strip() in ("partial · 3 of 6", "partial · 4 of 6")
     assert badge["href"].startswith("/studies/")
     missing = 6 - int(badge.text.split("·")[1].split()[0])
 
-    got = env.dolmen.post(
-        "/query/retrieve",
-        allow_redirects=False,
-        data={
-            "modality": "pacs",
-            "level": "study",
-            "StudyInstanceUID": uid,
-            "method": "get",
-            "missing_only": "1",
-        },
-    )
-    job = wait_job(env, job_id_of(got))
+    job = retrieve(env, "pacs", "study", "get", StudyInstanceUID=uid, missing_only="1")
     assert job["State"] == "success" and job["Type"] == "get" and job["Total"] == missing == job["Done"]
     assert job["Bytes"] > 0
     assert here(env, uid).text.strip() == "complete · 6"
@@ -361,12 +352,7 @@ def test_retrieve_with_htmx_shows_live_progress_that_stops(env: Env) -> None:
 
 def test_move_to_a_node_that_cannot_reach_us_fails_with_the_fix(env: Env) -> None:
     uid = study_uid(env, "PAT00000")
-    moved = env.dolmen.post(
-        "/query/retrieve",
-        allow_redirects=False,
-        data={"modality": "lost", "level": "study", "StudyInstanceUID": uid, "method": "move"},
-    )
-    job = wait_job(env, job_id_of(moved))
+    job = retrieve(env, "lost", "study", "move", StudyInstanceUID=uid)
     assert job["State"] == "failure"
     assert f"declare DOLMEN at 127.0.0.1:{env.dolmen.dicom_port} in its configuration" in job["Error"]
     page = soup(env.dolmen.get(f"/jobs/{job['ID']}"))
@@ -382,18 +368,7 @@ def local_study(env: Env) -> str:
     from dicomnode import ids
 
     uid = study_uid(env, "PAT00001")
-    got = env.dolmen.post(
-        "/query/retrieve",
-        allow_redirects=False,
-        data={
-            "modality": "pacs",
-            "level": "study",
-            "StudyInstanceUID": uid,
-            "method": "get",
-            "missing_only": "1",
-        },
-    )
-    assert wait_job(env, job_id_of(got))["State"] == "success"
+    assert retrieve(env, "pacs", "study", "get", StudyInstanceUID=uid, missing_only="1")["State"] == "success"
     return ids.study_id("PAT00001", uid)
 
 
