@@ -62,8 +62,8 @@ def multiframe(path: Path, frames: int = 5, size: int = 32) -> Path:
     pixels[:, : size // 2, : size // 2] = 4000
     ds.NumberOfFrames = frames
     ds.PixelData = pixels.tobytes()
-    for keyword in ("WindowCenter", "WindowWidth"):
-        delattr(ds, keyword)
+    ds.WindowCenter = 2048 - 1024  # stored values 0..4000 after the -1024 intercept
+    ds.WindowWidth = 4096
     return save(ds, path)
 
 

@@ -406,11 +406,10 @@ def instance_pdf(public_id: str) -> ResponseReturnValue:
     """The PDF inside an Encapsulated PDF instance (0042,0011) *Encapsulated Document*."""
     row = resources.get("instance", public_id)
     ds = pydicom.dcmread(services().store.path(row.path))
-    document = ds.get("EncapsulatedDocument")
+    data = ds.get("EncapsulatedDocument")
     mime = str(ds.get("MIMETypeOfEncapsulatedDocument", "") or "")
-    if document is None or not isinstance(document.value, bytes) or (mime and mime != "application/pdf"):
+    if not isinstance(data, bytes) or (mime and mime != "application/pdf"):
         raise NotFound("This instance holds no encapsulated PDF")
-    data = document.value
     end = data.rfind(b"%%EOF")
     if end >= 0:  # drop the padding after the end marker (the value has an even length)
         data = data[:end + 5]
