@@ -360,6 +360,31 @@ def test_move_to_a_node_that_cannot_reach_us_fails_with_the_fix(env: Env) -> Non
     assert page.select_one(f'form[action="/jobs/{job["ID"]}/retry"]') is not None
 
 
+def test_a_modality_set_to_fall_back_retrieves_by_get_when_move_fails(env: Env) -> None:
+    assert env.lost is not None
+    added = env.dolmen.post(
+        "/modalities/new",
+        allow_redirects=False,
+        data={
+            "name": "lost-get",
+            "aet": "LOST2",
+            "host": "127.0.0.1",
+            "port": str(env.lost.dicom_port),
+            "allow": ["echo"],
+            "fallback_get": "1",
+        },
+    )
+    assert added.status_code == 303
+    try:
+        uid = study_uid(env, "PAT00000")
+        job = retrieve(env, "lost-get", "study", "move", StudyInstanceUID=uid)
+        assert job["State"] == "success" and job["Type"] == "move" and job["Done"] == 6
+        details = env.dolmen.get(f"/api/jobs/{job['ID']}").json()["Details"]
+        assert any("falling back to C-GET as set for lost-get" in d.get("message", "") for d in details)
+    finally:
+        env.dolmen.post("/modalities/lost-get/delete")
+
+
 # -- send and jobs ------------------------------------------------------------------------
 
 
