@@ -145,7 +145,7 @@ document.addEventListener("submit", function (event) {
     function start(items) {
       if (busy || !items.length) return;
       busy = true; stopped = false; failed = [];
-      stop.disabled = false; stop.textContent = "Stop";
+      stop.disabled = false; stop.hidden = false; stop.textContent = "Stop";
       results.hidden = false; progress.hidden = false;
       var state = { count: items.length, done: 0, total: bytes(items), doneBytes: 0 };
       title.textContent = "Uploading…";
@@ -170,7 +170,7 @@ document.addEventListener("submit", function (event) {
         " already stored, " + counts.rejected + " rejected";
       show(state, 0);
       if (failed.length) { stop.disabled = false; stop.textContent = "Retry " + failed.length + " failed"; }
-      else { stop.disabled = true; }
+      else { stop.hidden = true; }
     }
 
     function bytes(items) { return items.reduce(function (n, it) { return n + it.file.size; }, 0); }
