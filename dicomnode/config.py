@@ -135,6 +135,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dicom.check_calling_host", bool, False, "Refuse a declared AE calling from another host than its declared one.", None),
     Setting("dicom.check_called_aet", bool, False, "Refuse associations whose called AE is not ours.", None),
     Setting("dicom.case_sensitive_pn", bool, False, "Match person names case-sensitively in C-FIND and QIDO-RS.", None),
+    Setting("dicom.association_log_days", int, 30, "Days the association log keeps its rows.", _positive),
+    Setting("dicom.association_log_rows", int, 100000, "Most rows the association log keeps (the oldest go first).", _positive),
     Setting("http.host", str, "127.0.0.1", "Address the web server listens on (another address needs [http.users]).", _check_host),
     Setting("http.port", int, 8042, "TCP port of the web server (0 picks a free port).", _check_port_or_zero),
     Setting("http.threads", int, 8, "Web server worker threads.", _positive),
