@@ -81,7 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"data in {settings.storage_path}", flush=True)
 
     def stop(*_: object) -> None:
-        threading.Thread(target=server.close, daemon=True).start()
+        # Leave waitress's loop from the main thread: closing its sockets from another
+        # thread races with its select() (EBADF).
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     try:
@@ -89,7 +91,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        supervisor.stop()
+        # The sidecar stops while waitress closes its sockets and task threads.
+        sidecar_stop = threading.Thread(target=supervisor.stop, name="stop-sidecar")
+        sidecar_stop.start()
+        server.close()
+        sidecar_stop.join()
     return 0
 
 
