@@ -135,6 +135,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dicom.check_calling_host", bool, False, "Refuse a declared AE calling from another host than its declared one.", None),
     Setting("dicom.check_called_aet", bool, False, "Refuse associations whose called AE is not ours.", None),
     Setting("dicom.case_sensitive_pn", bool, False, "Match person names case-sensitively in C-FIND and QIDO-RS.", None),
+    Setting("dicom.max_find_results", int, 0, "Most answers to one C-FIND (0: no limit); past it the C-FIND ends with 0xA700 and a comment saying so.", _non_negative),
+    Setting("dicom.find_read_files", bool, False, "C-FIND: read attributes the index does not hold from one instance of each answer (else they are returned empty).", None),
     Setting("dicom.association_log_days", int, 30, "Days the association log keeps its rows.", _positive),
     Setting("dicom.association_log_rows", int, 100000, "Most rows the association log keeps (the oldest go first).", _positive),
     Setting("http.host", str, "127.0.0.1", "Address the web server listens on (another address needs [http.users]).", _check_host),
