@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from dicomnode import __version__
+from dicomnode import assoclog
 from dicomnode import config
 from dicomnode import index
 from dicomnode import jobs
@@ -31,6 +32,9 @@ from dicomnode.ingest import Ingestor
 from dicomnode.store import Store
 
 LOGGER = logging.getLogger("dicomnode.sidecar")
+
+#: Seconds between two prunings of the association log.
+PRUNE_EVERY = 3600.0
 
 #: Most answers a ``find`` returns (the rest of a larger result is cut off and flagged).
 FIND_LIMIT = 1000
@@ -82,6 +86,7 @@ class Sidecar:
         # Files renamed into the store just before a crash have no row: index them, in the
         # background so that the port is open at once.
         threading.Thread(target=self._reconcile, name="reconcile", daemon=True).start()
+        threading.Thread(target=self._prune_log, name="assoclog-prune", daemon=True).start()
         LOGGER.info("Dolmen DICOM server %s listening on %s:%d", self.settings["dicom.aet"],
                     self.settings["dicom.host"], self.port)
 
@@ -90,6 +95,18 @@ class Sidecar:
             reconcile.run(self.store, self.ingestor, spool_owners=("reconcile",))
         except Exception:
             LOGGER.exception("Reconciliation failed")
+
+    def _prune_log(self) -> None:
+        """Keep the association log within its bounds: at start, then every hour."""
+        while True:
+            try:
+                assoclog.prune(self.settings)
+            except Exception:
+                LOGGER.exception("Cannot prune the association log")
+            finally:
+                index.close_index()
+            if self.stopped.wait(PRUNE_EVERY):
+                return
 
     def op_status(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control op ``status``: AE title, port, uptime, associations and counters."""

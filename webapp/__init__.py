@@ -31,6 +31,7 @@ BLUEPRINTS = ("system", "api", "browse", "upload", "qr", "jobs", "associations",
 NAV = (
     ("browse.studies", "Studies"), ("browse.patients", "Patients"), ("upload.upload", "Upload"),
     ("qr.query", "Query/Retrieve"), ("qr.modalities", "Modalities"), ("jobs.jobs", "Jobs"),
+    ("associations.associations", "Associations"),
     ("dicomweb_client.servers", "DICOMweb"), ("system.home", "System"),
 )
 
