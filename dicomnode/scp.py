@@ -32,6 +32,7 @@ from pynetdicom import evt
 from pynetdicom.sop_class import Verification
 
 from dicomnode import nodes
+from dicomnode import upperlayer
 from dicomnode.config import Settings
 from dicomnode.index import AssociationEvent
 from dicomnode.ingest import Ingestor
@@ -232,7 +233,7 @@ def handle_rejected(event: evt.Event, ctx: Context) -> None:
 
 def build_ae(settings: Settings) -> AE:
     """An AE with Verification and every Storage SOP class, limits from ``settings``."""
-    ae = AE(ae_title=settings["dicom.aet"])
+    ae = upperlayer.DolmenAE(ae_title=settings["dicom.aet"])
     ae.maximum_associations = settings["dicom.max_associations"]
     ae.acse_timeout = settings["dicom.acse_timeout"]
     ae.dimse_timeout = settings["dicom.dimse_timeout"]

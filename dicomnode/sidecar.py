@@ -26,6 +26,7 @@ from dicomnode import reconcile
 from dicomnode import scp
 from dicomnode import scu
 from dicomnode import transfer
+from dicomnode import upperlayer
 from dicomnode.control import ControlServer
 from dicomnode.errors import DolmenError
 from dicomnode.ingest import Ingestor
@@ -61,6 +62,7 @@ class Sidecar:
         removed = self.store.clear_spool("scp")
         if removed:
             LOGGER.info("Removed %d partial object(s) left by an interrupted reception", removed)
+        upperlayer.apply()  # always: caps and deadlines against hostile peers
         if not os.environ.get("DOLMEN_NO_NETPATCH"):
             netpatch.apply()
         scp.install_spool(self.store.spool_dir("scp"), self.settings["dicom.max_object_mb"] * 1024 * 1024)
