@@ -112,7 +112,8 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
 
         nav = [(e, label) for e, label in NAV if e in app.view_functions]
         return {"dolmen_version": __version__, "aet": settings["dicom.aet"], "nav_items": nav,
-                "current_user": current_user() if settings.users else None}
+                "current_user": current_user() if settings.users else None,
+                "dicom_badge": app.extensions["dolmen"].dicom_badge}
 
     @app.after_request
     def _headers(response: Any) -> Any:

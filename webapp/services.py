@@ -1,7 +1,9 @@
 """The engine objects a request needs, built once per app: settings, store, ingest, sidecar client."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from flask import current_app
@@ -19,6 +21,12 @@ class Services:
     ingestor: Ingestor
     control: ControlClient
     supervisor: Any = None  # dicomnode.supervisor.Supervisor under `dolmen serve`
+    _badge: tuple[float, tuple[bool, str]] | None = field(default=None, init=False, repr=False)
+
+    #: How long the header badge's probe of the sidecar is reused, in seconds.
+    BADGE_TTL = 2.0
+    #: How long after a restart the badge keeps saying so, in seconds.
+    RESTART_NOTICE = 3600.0
 
     def sidecar_status(self) -> dict[str, Any]:
         """The sidecar's status, or ``{"ok": False, "error": message}`` when it is down."""
@@ -33,6 +41,47 @@ class Services:
             if self.supervisor:
                 result["supervisor"] = vars(self.supervisor.state)
             return result
+
+
+    def dicom_badge(self) -> dict[str, str]:
+        """The header's DICOM service badge: ``state`` (up, restarted, restarting, down), ``label``, ``title``.
+
+        Under ``dolmen serve`` it reads the supervisor's state, and asks the sidecar for
+        ``status`` only after a restart (is the new one answering yet?); without a supervisor
+        it asks every time. A probe's answer is reused for :attr:`BADGE_TTL` seconds, so a page
+        costs no control-socket round trip.
+        """
+        sup = self.supervisor
+        if sup is None:
+            up, why = self._probe()
+            if up:
+                return {"state": "up", "label": "DICOM: up", "title": "The DICOM service is running."}
+            return {"state": "down", "label": "DICOM: down", "title": why}
+        state = sup.state
+        history = sup.describe()
+        if state.last_exit_at is None or time.time() - state.last_exit_at > self.RESTART_NOTICE:
+            if state.running:
+                return {"state": "up", "label": "DICOM: up", "title": "The DICOM service is running."}
+        if state.running and self._probe()[0]:
+            return {"state": "restarted", "label": "DICOM: up, restarted", "title": history}
+        return {"state": "restarting", "label": "DICOM: restarting",
+                "title": f"The DICOM service stopped and is being restarted. {history}".strip()}
+
+    def _probe(self) -> tuple[bool, str]:
+        """Does the sidecar answer ``status``? Cached for :attr:`BADGE_TTL` seconds."""
+        from dicomnode.errors import DolmenError
+
+        now = time.monotonic()
+        cached = self._badge
+        if cached is not None and now - cached[0] < self.BADGE_TTL:
+            return cached[1]
+        try:
+            self.control.call("status", timeout=0.5)
+            answer = (True, "")
+        except DolmenError as exc:
+            answer = (False, exc.message)
+        self._badge = (now, answer)
+        return answer
 
 
 def services() -> Services:
