@@ -167,7 +167,7 @@ document.addEventListener("submit", function (event) {
       busy = false;
       var counts = recount();
       title.textContent = (stopped ? "Stopped: " : "Done: ") + counts.stored + " stored, " + counts.duplicate +
-        " already stored, " + counts.rejected + " rejected";
+        " already stored, " + counts.rejected + " rejected" + (counts.failed ? ", " + counts.failed + " not uploaded" : "");
       show(state, 0);
       if (failed.length) { stop.disabled = false; stop.textContent = "Retry " + failed.length + " failed"; }
       else { stop.hidden = true; }
@@ -302,7 +302,7 @@ document.addEventListener("submit", function (event) {
     }
 
     function recount() {
-      var counts = { stored: 0, duplicate: 0, rejected: 0 };
+      var counts = { stored: 0, duplicate: 0, rejected: 0, failed: 0 };
       Array.prototype.forEach.call(tbody.querySelectorAll("tr[data-status]"), function (tr) {
         var status = tr.getAttribute("data-status");
         counts[status] = (counts[status] || 0) + 1;
@@ -310,6 +310,8 @@ document.addEventListener("submit", function (event) {
       Object.keys(counts).forEach(function (key) {
         var el = results.querySelector('[data-count="' + key + '"]');
         if (el) el.textContent = counts[key];
+        var wrap = results.querySelector('[data-count-badge="' + key + '"]');
+        if (wrap) wrap.hidden = !counts[key];
       });
       return counts;
     }

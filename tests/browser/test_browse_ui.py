@@ -43,8 +43,10 @@ def page(browser: Any, server: Any) -> Iterator[Any]:
     errors: list[str] = []
     tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.expected_errors = []  # type: ignore[attr-defined]  # messages a test provokes on purpose
     yield tab
     context.close()
+    errors = [e for e in errors if e not in tab.expected_errors]  # type: ignore[attr-defined]
     assert not errors, errors  # a CSP violation or a script error shows here
 
 
@@ -160,3 +162,40 @@ def test_browse_the_archive(page: Any, demo_files: list[Path], short_tmp: Path) 
     assert "Deleted series" in page.locator(".alert-ok").inner_text()
     assert page.locator(".series-list tbody tr[data-href]").count() == 1
     shot(page, "after-delete")
+
+
+def test_upload_goes_on_after_a_failed_batch_and_retries_it(page: Any, short_tmp: Path) -> None:
+    from dicomnode import demodata
+
+    files = demodata.write(short_tmp / "many", patients=1, studies=1, series=1, instances=45, size=16,
+                           first_patient=810)
+    posts = []
+
+    def drop_the_second_batch(route: Any) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        posts.append(route.request.url)
+        if len(posts) in (2, 3):  # the second batch and its one automatic retry
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/upload$"), drop_the_second_batch)
+    page.goto("/upload")
+    page.set_input_files("#pick-files", [str(p) for p in files])  # 20 + 20 + 5 files
+    assert wait_done(page) == "Done: 25 stored, 0 already stored, 0 rejected, 20 not uploaded"
+    assert len(posts) == 4
+    page.expected_errors.extend(["Failed to load resource: net::ERR_CONNECTION_RESET"] * 2)
+    failed = page.locator("#upload-table tbody tr[data-status=failed]")
+    expect(failed).to_have_count(20)
+    assert "the connection to the server failed" in failed.first.inner_text()
+    retry = page.locator("[data-upload-stop]")
+    expect(retry).to_have_text("Retry 20 failed")
+    shot(page, "upload-failed-batch")
+    page.unroute(re.compile(r"/upload$"))
+    retry.click()
+    assert wait_done(page) == "Done: 45 stored, 0 already stored, 0 rejected"
+    expect(failed).to_have_count(0)
+    expect(page.locator("#upload-table tbody tr[data-status=stored]")).to_have_count(45)
+    expect(retry).to_be_hidden()
