@@ -218,7 +218,9 @@ def test_paging_and_live_refresh_only_on_the_newest_page(app: Any, client: Any) 
     assert "Newest" in page2.select_one(".assoc-live").text
     paused = soup(client.get("/associations?live=0"))
     assert paused.select_one("#results").get("hx-trigger") is None
-    assert paused.select_one('input[name="live"][form="filters"]')["value"] == "0"
+    pause = paused.select_one('form#filters input[type="checkbox"][name="live"]')
+    assert pause["value"] == "0" and pause.has_attr("checked")  # the next filter keeps it paused
+    assert not page1.select_one('form#filters input[name="live"]').has_attr("checked")
 
 
 def test_live_refresh_swaps_only_when_the_log_changed(app: Any, client: Any) -> None:
