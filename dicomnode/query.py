@@ -9,7 +9,9 @@ ModalitiesInStudy...). Matching follows PS3.4 C.2.2.2:
 * C.2.2.2.2 List of UID Matching — backslash-separated UIDs.
 * C.2.2.2.3 Universal Matching — an empty value matches everything.
 * C.2.2.2.4 Wildcard Matching — ``*`` and ``?``.
-* C.2.2.2.5 Range Matching — ``A-B``, ``A-``, ``-B`` for DA, TM and DT.
+* C.2.2.2.5 Range Matching — ``A-B``, ``A-``, ``-B`` for DA, TM and DT; with combined
+  date/time matching (C.2.2.2.5.1, negotiated by a C-FIND requester), a date range and a time
+  range of the same entity (StudyDate + StudyTime) form one date-time range.
 
 Attributes the index does not hold are not filtered on (the standard lets an SCP ignore
 them); callers learn which with :func:`unsupported`.
@@ -159,6 +161,52 @@ def _range(field: Any, value: str, vr: str) -> Expression:
     return (field != "") & cond
 
 
+#: Date and time attributes that combined date/time range matching pairs (C.2.2.2.5.1).
+DATE_TIME_PAIRS = {"StudyDate": "StudyTime", "SeriesDate": "SeriesTime"}
+
+
+def _bounds(value: str, vr: str) -> tuple[str, str]:
+    """The checked (low, high) of a DA or TM range or single value; times padded for comparison."""
+    low, sep, high = value.partition("-")
+    low, high = low.strip(), high.strip()
+    if not sep:
+        high = low
+    pattern = _DATE if vr == "DA" else _TIME
+    for part in (low, high):
+        if part and not pattern.fullmatch(part):
+            kind = "date (YYYYMMDD)" if vr == "DA" else "time (HHMMSS)"
+            raise QueryError(f"{part!r} is not a valid {kind} in {value!r}")
+    if vr == "TM":
+        low = low.split(".")[0].ljust(6, "0") if low else ""
+        high = high.split(".")[0].ljust(6, "9") if high else ""
+    return low, high
+
+
+def combined_datetime_range(date_attr: Attr, time_attr: Attr, date_value: str, time_value: str) -> Expression:
+    """C.2.2.2.5.1 combined date/time range: ``20200101-20200103`` with ``1000-1800`` means from
+    1 January 10:00 to 3 January 18:00 (not 10:00-18:00 on each day).
+
+    Raises
+    ------
+    QueryError
+        For a malformed date or time.
+    """
+    d_low, d_high = _bounds(date_value, "DA")
+    t_low, t_high = _bounds(time_value, "TM")
+    date, time = date_attr.field, time_attr.field
+    assert date is not None and time is not None
+    cond: Expression = date != ""
+    if d_low and t_low:
+        cond = cond & ((date > d_low) | ((date == d_low) & (time >= t_low)))
+    elif d_low:
+        cond = cond & (date >= d_low)
+    if d_high and t_high:
+        cond = cond & ((date < d_high) | ((date == d_high) & (time <= t_high)))
+    elif d_high:
+        cond = cond & (date <= d_high)
+    return cond
+
+
 def condition(attr: Attr, value: Any, *, case_sensitive_pn: bool = False) -> Expression | None:
     """The peewee condition for one attribute and matching value; ``None`` for universal matching.
 
@@ -225,7 +273,16 @@ def _multi_contains(field: Any, values: Iterable[str]) -> Expression:
     return cond
 
 
-def select(level: str, filters: Mapping[str, Any], *, case_sensitive_pn: bool = False) -> peewee.ModelSelect:
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def select(level: str, filters: Mapping[str, Any], *, case_sensitive_pn: bool = False,
+           combined_datetime: bool = False) -> peewee.ModelSelect:
     """The rows of ``level`` matching ``filters`` (attributes of that level or above).
 
     Parameters
@@ -235,6 +292,9 @@ def select(level: str, filters: Mapping[str, Any], *, case_sensitive_pn: bool = 
     filters : mapping
         ``{keyword or tag: matching value}``; unknown keys are ignored (see :func:`unsupported`),
         keys of a lower level than ``level`` raise :class:`QueryError`.
+    combined_datetime : bool
+        Match a date range together with the time of the same entity as one date-time range
+        (C.2.2.2.5.1), as a C-FIND requester may negotiate.
 
     Returns
     -------
@@ -252,9 +312,18 @@ def select(level: str, filters: Mapping[str, Any], *, case_sensitive_pn: bool = 
     chain = list(reversed(models))
     for child, parent in zip(chain, chain[1:]):
         query = query.switch(child).join(parent)
+    combined: set[str] = set()
+    if combined_datetime:
+        by_keyword = {a.keyword: v for a, v in ((attribute(k), v) for k, v in filters.items()) if a is not None}
+        for date_kw, time_kw in DATE_TIME_PAIRS.items():
+            date_value, time_value = _text(by_keyword.get(date_kw)), _text(by_keyword.get(time_kw))
+            if "-" in date_value and time_value not in ("", "*") and _DEPTH[ATTRIBUTES[date_kw].level] <= depth:
+                query = query.where(combined_datetime_range(ATTRIBUTES[date_kw], ATTRIBUTES[time_kw],
+                                                            date_value, time_value))
+                combined.update((date_kw, time_kw))
     for key, value in filters.items():
         attr = attribute(key)
-        if attr is None:
+        if attr is None or attr.keyword in combined:
             continue
         if _DEPTH[attr.level] > depth:
             raise QueryError(f"{attr.keyword} belongs to the {attr.level} level and cannot filter {level} results")
@@ -294,25 +363,23 @@ def answer(row: Any, level: str, keywords: Iterable[str] | None = None) -> dict[
         "PatientName": p.patient_name, "PatientID": p.patient_id,
         "PatientBirthDate": p.patient_birth_date, "PatientSex": p.patient_sex,
     }
-    if depth == 0:
-        out.update(NumberOfPatientRelatedStudies=p.num_studies, NumberOfPatientRelatedSeries=p.num_series,
-                   NumberOfPatientRelatedInstances=p.num_instances)
+    # Counters of the row's parents too: a STUDY-level C-FIND may ask NumberOfPatientRelatedStudies.
+    out.update(NumberOfPatientRelatedStudies=p.num_studies, NumberOfPatientRelatedSeries=p.num_series,
+               NumberOfPatientRelatedInstances=p.num_instances)
     if depth >= 1:
         s = _study(row, level)
         out.update(StudyInstanceUID=s.study_instance_uid, StudyDate=s.study_date, StudyTime=s.study_time,
                    StudyDescription=s.study_description, AccessionNumber=s.accession_number,
                    StudyID=s.study_id, ReferringPhysicianName=s.referring_physician_name)
-        if depth == 1:
-            out.update(ModalitiesInStudy=s.modalities_in_study, SOPClassesInStudy=s.sop_classes_in_study,
-                       NumberOfStudyRelatedSeries=s.num_series, NumberOfStudyRelatedInstances=s.num_instances)
+        out.update(ModalitiesInStudy=s.modalities_in_study, SOPClassesInStudy=s.sop_classes_in_study,
+                   NumberOfStudyRelatedSeries=s.num_series, NumberOfStudyRelatedInstances=s.num_instances)
     if depth >= 2:
         se = _series(row, level)
         out.update(SeriesInstanceUID=se.series_instance_uid, Modality=se.modality,
                    SeriesNumber=se.series_number, SeriesDescription=se.series_description,
                    BodyPartExamined=se.body_part_examined, SeriesDate=se.series_date,
                    SeriesTime=se.series_time)
-        if depth == 2:
-            out["NumberOfSeriesRelatedInstances"] = se.num_instances
+        out["NumberOfSeriesRelatedInstances"] = se.num_instances
     if depth == 3:
         out.update(SOPInstanceUID=row.sop_instance_uid, SOPClassUID=row.sop_class_uid,
                    InstanceNumber=row.instance_number, NumberOfFrames=row.number_of_frames,

@@ -958,8 +958,14 @@ def _send_contexts(items: Sequence[SendItem]) -> list[list[PresentationContext]]
 
 
 def _accepted(assoc: Association, sop_class: str) -> dict[str, PresentationContext]:
+    """Accepted contexts for ``sop_class`` in which we may send C-STOREs, by transfer syntax.
+
+    On an association we requested that is every accepted one; on a C-GET requester's, only
+    those where SCP/SCU role selection made the requester the storage SCP (``as_scu``).
+    """
     return {
-        str(cx.transfer_syntax[0]): cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class
+        str(cx.transfer_syntax[0]): cx for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == sop_class and cx.as_scu
     }
 
 
@@ -970,6 +976,7 @@ def send(
     *,
     on_result: ResultObserver | None = None,
     cancelled: Callable[[], bool] | None = None,
+    originator: tuple[str, int] | None = None,
 ) -> SendReport:
     """C-STORE every item to ``node`` over one association (one per 128 presentation contexts).
 
@@ -977,6 +984,7 @@ def send(
     without decoding); else it is decoded, decompressed when needed and sent in an uncompressed
     syntax the peer accepted. A failure of one instance (status or no accepted context) is
     reported to ``on_result`` and the send goes on; ``cancelled()`` is checked between instances.
+    ``originator`` (AE title, message ID) marks the C-STOREs as sub-operations of that C-MOVE.
 
     Raises
     ------
@@ -993,18 +1001,49 @@ def send(
         ae = AE(ae_title=settings["dicom.aet"])
         ae.requested_contexts = group
         with associate(settings, node, ae=ae) as assoc, _reactor_held(assoc):
-            for n, item in enumerate(batch):
-                if cancelled is not None and cancelled():
-                    report.cancelled = True
-                    return report
-                if not assoc.is_established:
-                    raise RemoteError(
-                        f"{node.name} aborted the association after {report.sent} instance(s)",
-                        code="association_aborted",
-                    )
-                status, message = _store_one(settings, assoc, node, item, report, n % 65535 + 1)
-                if on_result is not None:
-                    on_result(item, status, message)
+            send_over(settings, assoc, node, batch, report, on_result=on_result, cancelled=cancelled,
+                      originator=originator)
+            if report.cancelled:
+                return report
+    return report
+
+
+def send_over(
+    settings: Settings,
+    assoc: Association,
+    node: Node,
+    items: Sequence[SendItem],
+    report: SendReport,
+    *,
+    on_result: ResultObserver | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    originator: tuple[str, int] | None = None,
+    first_msg_id: int = 1,
+) -> SendReport:
+    """C-STORE ``items`` over an open association (ours, or a C-GET requester's), counting in ``report``.
+
+    Used by :func:`send` and by the C-GET service provider, which sends back over the
+    requester's association; ``node`` names the peer in messages.
+
+    Raises
+    ------
+    RemoteError
+        When the association is aborted.
+    """
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # stream files as stored, no decoding
+    for n, item in enumerate(items):
+        if cancelled is not None and cancelled():
+            report.cancelled = True
+            return report
+        if not assoc.is_established:
+            raise RemoteError(
+                f"{node.name} aborted the association after {report.sent} instance(s)",
+                code="association_aborted",
+            )
+        msg_id = (first_msg_id + n - 1) % 65535 + 1
+        status, message = _store_one(settings, assoc, node, item, report, msg_id, originator)
+        if on_result is not None:
+            on_result(item, status, message)
     return report
 
 
@@ -1044,12 +1083,16 @@ def _reactor_held(assoc: Association) -> Iterator[None]:
 
 
 def _store_one(
-    settings: Settings, assoc: Association, node: Node, item: SendItem, report: SendReport, msg_id: int
+    settings: Settings, assoc: Association, node: Node, item: SendItem, report: SendReport, msg_id: int,
+    originator: tuple[str, int] | None = None,
 ) -> tuple[int | None, str]:
     accepted = _accepted(assoc, item.sop_class_uid)
+    move_kw: dict[str, Any] = {}
+    if originator is not None:
+        move_kw = {"originator_aet": originator[0], "originator_id": originator[1]}
     try:
         if item.transfer_syntax_uid in accepted:
-            response = assoc.send_c_store(Path(item.path), msg_id=msg_id)
+            response = assoc.send_c_store(Path(item.path), msg_id=msg_id, **move_kw)
         else:
             plain = [ts for ts in UNCOMPRESSED if ts in accepted]
             if not plain:
@@ -1064,7 +1107,7 @@ def _store_one(
             if UID(item.transfer_syntax_uid).is_compressed:
                 ds.decompress(generate_instance_uid=False)  # the same instance, decoded
             report.transcoded += 1
-            response = assoc.send_c_store(ds, msg_id=msg_id)
+            response = assoc.send_c_store(ds, msg_id=msg_id, **move_kw)
     except (OSError, ValueError, AttributeError, NotImplementedError, RuntimeError) as exc:
         report.failed += 1
         return None, f"Cannot send this instance: {type(exc).__name__}: {exc}"
