@@ -27,12 +27,14 @@ from dicomnode.query import _wildcard
 
 LOGGER = logging.getLogger(__name__)
 
-#: What a row's ``operation`` can be, in the order the page offers them.
-LOGGED_OPERATIONS = ("associate", *OPERATIONS)
+#: What a row's ``operation`` can be, in the order the page offers them (``negotiate``: the
+#: presentation contexts we declined when an association was accepted).
+LOGGED_OPERATIONS = ("associate", "negotiate", *OPERATIONS)
 
 #: How the page names each operation.
 OPERATION_LABELS = {
     "associate": "Association",
+    "negotiate": "Negotiation",
     "echo": "Echo (C-ECHO)",
     "store": "Store (C-STORE)",
     "find": "Query (C-FIND)",
@@ -43,6 +45,7 @@ OPERATION_LABELS = {
 #: What each operation asks, as the end of "may not ...".
 _VERBS = {
     "associate": "open an association",
+    "negotiate": "use what it proposed",
     "echo": "check the connection (C-ECHO)",
     "store": "send us images (C-STORE)",
     "find": "search our archive (C-FIND)",
@@ -52,12 +55,14 @@ _VERBS = {
 
 #: Refusal kinds, recognised in the reason the SCP recorded (first match wins).
 _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("unknown_destination", re.compile(r"unknown move destination|move destination \S* ?unknown", re.I)),
     ("unknown_aet", re.compile(r"unknown (calling )?AE", re.I)),
     ("wrong_host", re.compile(r"declared host|wrong host|not from (its|the) (declared )?host", re.I)),
     ("wrong_called_aet", re.compile(r"called AE", re.I)),
     ("no_context", re.compile(r"presentation context|abstract syntax|transfer syntax|SOP class", re.I)),
     ("not_allowed", re.compile(r"not allowed|may not", re.I)),
-    ("busy", re.compile(r"too many|max(imum)?[_ ]associations|busy", re.I)),
+    ("busy", re.compile(r"too many associations|max(imum)?[_ ]associations|busy", re.I)),
+    ("bad_request", re.compile(r"^(bad query|bad identifier|cannot read the identifier)", re.I)),
     ("aborted", re.compile(r"^abort", re.I)),
     ("rejected", re.compile(r"reject", re.I)),
 )
@@ -65,11 +70,13 @@ _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 @dataclass(frozen=True)
 class Explanation:
-    """Why a row was refused, for a person: ``kind``, a sentence and what to do ('' if nothing)."""
+    """Why a row was refused, for a person: ``kind``, a sentence and what to do ('' if nothing);
+    ``add_aet``: the unknown AE title that declaring as a modality would let through."""
 
     kind: str
     text: str
     hint: str = ""
+    add_aet: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,12 +148,22 @@ def explain(row: AssociationEvent, settings: Settings) -> Explanation | None:
     reason_kind = kind(row.reason)
     if reason_kind == "rejected" and settings["dicom.check_called_aet"] and called and called != ours:
         reason_kind = "wrong_called_aet"  # the only reason this server rejects on its own
+    if reason_kind == "unknown_destination":
+        m = re.search(r"destination '([^']*)'", row.reason or "")
+        target = f"“{m.group(1)}”" if m else "an AE title"
+        return Explanation(
+            reason_kind,
+            f"It asked us to send images to {target}, which is not one of our modalities: we send "
+            "only to declared nodes, never to an address taken from the request.",
+            "Add the destination as a modality with its host and port (often the requester itself).",
+            m.group(1).strip() if m else "")
     if reason_kind == "unknown_aet":
         return Explanation(
             reason_kind,
             f"The AE title “{calling}” is not one of our modalities, and unknown AE titles may not {what}.",
             f"Add it as a modality (it may then ask what its record allows), or allow “{row.operation}” "
-            "for every unknown AE title in [dicom] unknown_aet.")
+            "for every unknown AE title in [dicom] unknown_aet.",
+            row.calling_aet.strip())
     if reason_kind == "wrong_host":
         return Explanation(
             reason_kind,
@@ -159,17 +176,23 @@ def explain(row: AssociationEvent, settings: Settings) -> Explanation | None:
             f"It called the AE title “{called}”, but this server is “{ours}”.",
             f"Set the called AE title to {ours} on the remote node, or turn off [dicom] check_called_aet.")
     if reason_kind == "no_context":
+        m = re.search(r"presentation contexts? for (.+)", row.reason or "", re.S)
+        declined = f": {m.group(1).strip()}" if m else ""
         return Explanation(
             reason_kind,
-            "Nothing it proposed is something we serve: no acceptable presentation context "
-            "(the SOP class, or none of its transfer syntaxes, is not accepted).",
-            "Compare what the node sends with [dicom] transfer_syntaxes.")
+            f"We declined part of what it proposed (no acceptable presentation context){declined}.",
+            "It may still do what else it asked. For a storage class, compare its transfer syntaxes "
+            "with [dicom] transfer_syntaxes; other services (worklist, print, ...) Dolmen does not offer.")
     if reason_kind == "not_allowed":
         m = re.search(r"modality '([^']*)'", row.reason or "")
         name = f"the modality “{m.group(1)}”" if m else f"the modality with AE title “{calling}”"
         return Explanation(
             reason_kind, f"It is {name}, whose record does not allow it to {what}.",
             f"Edit the modality and tick “{row.operation}” under “It may ask us”.")
+    if reason_kind == "bad_request":
+        detail = (row.reason or "").partition(":")[2].strip()
+        return Explanation(reason_kind, f"We could not read its request{': ' + detail if detail else ''}.",
+                           "The remote node sent a query or identifier we do not understand.")
     if reason_kind == "busy":
         return Explanation(
             reason_kind, "We were serving as many associations as we may at once.",
@@ -201,6 +224,7 @@ def as_dict(row: AssociationEvent, settings: Settings) -> dict[str, Any]:
         "Kind": why.kind if why else "",
         "Explanation": why.text if why else "",
         "Hint": why.hint if why else "",
+        "UnknownAet": why.add_aet if why else "",
         "Count": row.count,
         "Duration": round(float(row.duration or 0.0), 3),
     }

@@ -23,8 +23,11 @@ from dicomnode import index
 from dicomnode import nodes
 from dicomnode import scp
 from dicomnode.index import AssociationEvent
+from tests.conftest import DolmenProcess
 from tests.conftest import make_config_doc
+from tests.conftest import start_dolmen
 from tests.conftest import wait_for
+from tests.conftest import write_toml
 
 HX = {"HX-Request": "true"}
 
@@ -278,12 +281,45 @@ def test_every_refusal_the_access_check_gives_is_explained(app: Any) -> None:
         reason = nodes.access(s, *args)
         assert reason
         assert assoclog.kind(reason) == expected, reason
-    # Reasons the SCP records for what the access check does not decide.
-    assert assoclog.kind("aborted") == "aborted"
-    assert assoclog.kind("association rejected") == "rejected"
-    assert assoclog.kind("no acceptable presentation context") == "no_context"
-    assert assoclog.kind("called AE title 'X' is not ours") == "wrong_called_aet"
-    assert assoclog.kind("something new") == "other"
+    # Reasons the SCP records for what the access check does not decide (dicomnode/scp.py).
+    recorded = {
+        "aborted": "aborted",
+        "association rejected": "rejected",
+        "no acceptable presentation context for Modality Worklist Information Model - FIND "
+        "(abstract syntax not supported)": "no_context",
+        "wrong called AE: 'PACS' is not this server's AE title 'DOLMEN' ([dicom] check_called_aet)":
+            "wrong_called_aet",
+        "too many associations at once: 16 already open ([dicom] max_associations)": "busy",
+        "unknown move destination 'ELSEWHERE' asked by 'VIEWER' at 10.0.0.8: declare it as a modality "
+        "(its address is never taken from the request)": "unknown_destination",
+        "bad query: (0008,0052) Query/Retrieve Level 'FOO' is not a level": "bad_request",
+        "bad identifier: no StudyInstanceUID": "bad_request",
+        "something new": "other",
+    }
+    for reason, expected in recorded.items():
+        assert assoclog.kind(reason) == expected, reason
+
+
+def test_unknown_move_destination_offers_to_add_it(app: Any, client: Any) -> None:
+    pk = log("VIEWER", "10.0.0.8", "move", False,
+             "unknown move destination 'VIEWER_SCP' asked by 'VIEWER' at 10.0.0.8: declare it as a "
+             "modality (its address is never taken from the request)")
+    row = soup(client.get("/associations")).select_one(f'tr[data-event="{pk}"]')
+    assert row["data-kind"] == "unknown_destination"
+    assert row.select_one(".assoc-why").text.startswith(
+        "It asked us to send images to “VIEWER_SCP”, which is not one of our modalities")
+    button = row.select_one("a.add-modality")
+    assert button.text == "Add VIEWER_SCP as modality"
+    assert parse_qs(urlparse(button["href"]).query) == {"aet": ["VIEWER_SCP"], "host": ["10.0.0.8"]}
+    assert client.get("/api/associations").get_json()[0]["UnknownAet"] == "VIEWER_SCP"
+
+
+def test_accepted_operations_show_what_was_done(client: Any) -> None:
+    pk = log("VIEWER", "10.0.0.8", "find", True, "STUDY level, 3 answer(s)", count=3, duration=0.02)
+    row = soup(client.get("/associations")).select_one(f'tr[data-event="{pk}"]')
+    assert row.select_one(".badge").text == "Accepted" and row["data-kind"] == ""
+    assert row.select_one(".assoc-detail").text == "STUDY level, 3 answer(s)"
+    assert row.select_one(".assoc-why") is None and row.select_one("a.add-modality") is None
 
 
 def test_a_rejection_for_the_wrong_called_ae_is_named_when_we_check_it(app: Any, client: Any) -> None:
@@ -332,9 +368,28 @@ def test_bad_log_bounds_are_refused_at_load() -> None:
 # -- a real server -------------------------------------------------------------------------------
 
 
-def test_echo_from_a_known_and_an_unknown_ae_against_a_real_server(dolmen_factory: Any, dcmtk: Any) -> None:
-    d = dolmen_factory(dicom={"unknown_aet": []},
-                       modalities__known={"aet": "KNOWNAE", "host": "127.0.0.1", "port": 104})
+@pytest.fixture
+def strict_server(short_tmp: Path) -> Iterator[DolmenProcess]:
+    """A server refusing unknown AE titles everything, whose index already holds a row older
+    than the log keeps (the DICOM service prunes it as it starts)."""
+    doc = make_config_doc(short_tmp / "data", dicom={"unknown_aet": [], "association_log_days": 2},
+                          **{"modalities.known": {"aet": "KNOWNAE", "host": "127.0.0.1", "port": 104}})
+    path = write_toml(short_tmp / "c.toml", doc)
+    settings = config.load(path)
+    settings.storage_path.mkdir(parents=True)
+    index.open_index(settings.database_url)
+    AssociationEvent.create(calling_aet="ANCIENT", at=index.utcnow() - dt.timedelta(days=3))
+    index.close_index()
+    server = start_dolmen(path, short_tmp / "log")
+    yield server
+    server.stop()
+
+
+def test_echo_from_a_known_and_an_unknown_ae_against_a_real_server(strict_server: DolmenProcess,
+                                                                    dcmtk: Any) -> None:
+    d = strict_server
+    wait_for(lambda: d.get("/api/associations?aet=ANCIENT").headers["X-Total-Count"] == "0",
+             what="the sidecar to prune the old row")
     known = dcmtk("echoscu", "-v", "-aet", "KNOWNAE", "-aec", d.aet, "127.0.0.1", str(d.dicom_port))
     assert "Echo Response (Success)" in known.stderr, known.stderr
     refused = dcmtk("echoscu", "-v", "-aet", "STRANGER", "-aec", d.aet, "127.0.0.1", str(d.dicom_port),
