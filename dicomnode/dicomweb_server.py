@@ -43,7 +43,6 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
-from pydicom.pixels.utils import pixel_array
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
@@ -54,8 +53,10 @@ from dicomnode.errors import DolmenError
 from dicomnode.errors import NotFound
 from dicomnode.errors import RenderError
 from dicomnode.index import Instance
+from dicomnode.index import Patient
 from dicomnode.index import Series
 from dicomnode.index import Study
+from dicomnode.index import db
 from dicomnode.ingest import Ingestor
 from dicomnode.ingest import IngestResult
 from dicomnode.ingest import Source
@@ -502,47 +503,110 @@ def qido(req: QidoRequest, base: str, *, case_sensitive_pn: bool = False,
     extra = [t for t in req.include if t not in query.BY_TAG]
     if req.level == query.IMAGE:
         extra = list(dict.fromkeys([*_IMAGE_HEADER, *extra]))
+    # Plain tuples of the columns needed, fetched in one go: building peewee models (or
+    # peewee's per-row processing) for thousands of rows would cost more than the query.
+    model: Any = query.MODEL[req.level]
+    columns = [_column(k) for k in keywords]
+    path = Instance.path if req.level == query.IMAGE else model.pk
+    fetched = db.execute(rows.select(*columns, model.pk, path).tuples()).fetchall()
+    attrs = [query.ATTRIBUTES[k] for k in keywords]
+    # Each answer's keys are sorted once here rather than per answer.
+    fixed = [(tag_key(a.tag), n, _CONVERT.get(a.vr, _as_list)) for n, a in enumerate(attrs)]
+    order = sorted([*fixed, (_AVAILABILITY, -1, None), (_RETRIEVE_URL, -2, None)])
+    url_at = [keywords.index(k) for k in _URL_KEYWORDS[req.level]]
+    text_at = [n for n, a in enumerate(attrs) if a.vr in _TEXT_VRS]  # the others are ASCII by VR
+    url_head = f"{base}/studies/"
+    url_parts = ("", "/series/", "/instances/")
     answers = []
-    for row in rows:
-        values = query.answer(row, req.level)
-        doc = {tag_key(query.ATTRIBUTES[k].tag): value_json(query.ATTRIBUTES[k].vr, values.get(k, ""))
-               for k in keywords}
-        doc["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
-        doc["00081190"] = {"vr": "UR", "Value": [_retrieve_url(base, req.level, values)]}
+    for row in fetched:
+        doc: dict[str, Any] = {}
+        for key, n, convert in order:
+            if n >= 0:
+                value = row[n]
+                doc[key] = {"vr": attrs[n].vr} if value is None or value == "" else convert(attrs[n].vr, value)
+            elif n == -1:
+                doc[key] = {"vr": "CS", "Value": ["ONLINE"]}
+            else:
+                url = url_head + "".join(part + str(row[i]) for part, i in zip(url_parts, url_at, strict=False))
+                doc[key] = {"vr": "UR", "Value": [url]}
+        ascii_only = "".join([row[n] for n in text_at if row[n]]).isascii()
         if extra and store is not None:
-            doc.update(_from_header(store, row, req.level, extra))
-        if not _is_ascii(doc):
+            found = _from_header(store, row[-2], row[-1], req.level, extra)
+            if found:
+                doc.update(found)
+                doc = dict(sorted(doc.items()))
+                ascii_only = ascii_only and _is_ascii(found)
+        if not ascii_only:
             doc["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
-        answers.append(dict(sorted(doc.items())))
+            doc = dict(sorted(doc.items()))
+        answers.append(doc)
     return answers
 
 
-def _retrieve_url(base: str, level: str, values: Mapping[str, Any]) -> str:
-    url = f"{base}/studies/{values['StudyInstanceUID']}"
-    if level in (query.SERIES, query.IMAGE):
-        url += f"/series/{values['SeriesInstanceUID']}"
-    if level == query.IMAGE:
-        url += f"/instances/{values['SOPInstanceUID']}"
-    return url
+#: VRs whose values may hold other characters than ASCII (PS3.5 6.1.2.3).
+_TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+_AVAILABILITY = "00080056"  # (0008,0056) Instance Availability
+_RETRIEVE_URL = "00081190"  # (0008,1190) Retrieve URL
+#: The UIDs in a Retrieve URL (0008,1190), by level.
+_URL_KEYWORDS = {query.STUDY: ("StudyInstanceUID",), query.SERIES: ("StudyInstanceUID", "SeriesInstanceUID"),
+                 query.IMAGE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
 
 
-def _from_header(store: Store, row: Any, level: str, wanted: list[int]) -> dict[str, Any]:
-    """Attributes the index does not hold, read from one instance of the matched resource."""
-    if level == query.IMAGE:
-        instance = row
-    else:
+def _as_int(vr: str, value: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": [int(value)]}
+
+
+def _as_pn(vr: str, value: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": [_pn_json(str(value))]}
+
+
+def _as_multi(vr: str, value: Any) -> dict[str, Any]:
+    text = str(value)
+    return {"vr": vr, "Value": text.split("\\") if "\\" in text else [text]}
+
+
+def _as_list(vr: str, value: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": list(value) if isinstance(value, (list, tuple)) else [value]}
+
+
+#: :func:`value_json` by VR, for a value that is not empty.
+_CONVERT = {"IS": _as_int, "SL": _as_int, "SS": _as_int, "UL": _as_int, "US": _as_int, "PN": _as_pn,
+            "CS": _as_multi, "UI": _as_multi}
+
+
+#: The index columns of the computed attributes (counters kept by the ingest path).
+_COUNTERS = {
+    "NumberOfPatientRelatedStudies": Patient.num_studies, "NumberOfPatientRelatedSeries": Patient.num_series,
+    "NumberOfPatientRelatedInstances": Patient.num_instances, "NumberOfStudyRelatedSeries": Study.num_series,
+    "NumberOfStudyRelatedInstances": Study.num_instances,
+    "NumberOfSeriesRelatedInstances": Series.num_instances,
+}
+
+
+def _column(keyword: str) -> Any:
+    field = query.ATTRIBUTES[keyword].field
+    return field if field is not None else _COUNTERS[keyword]
+
+
+def _from_header(store: Store, pk: int, path: Any, level: str, wanted: list[int]) -> dict[str, Any]:
+    """Attributes the index does not hold, read from one instance of the matched resource.
+
+    ``path`` is the instance's file at the IMAGE level; at the others, an instance of the
+    series or study ``pk`` is looked up.
+    """
+    if level != query.IMAGE:
         found = Instance.select(Instance.path).join(Series)
         if level == query.SERIES:
-            found = found.where(Series.pk == row.pk)
+            found = found.where(Series.pk == pk)
         else:
-            found = found.where(Series.study == row.pk)
-        instance = found.order_by(Instance.instance_number, Instance.pk).first()
-        if instance is None:
+            found = found.where(Series.study == pk)
+        path = found.order_by(Instance.instance_number, Instance.pk).scalar()
+        if path is None:
             return {}
     try:
-        ds = _header_values(store.path(instance.path), wanted)
+        ds = _header_values(store.path(str(path)), wanted)
     except Exception as exc:  # a missing or unreadable file leaves the attributes out
-        LOGGER.warning("Cannot read %s for a QIDO-RS answer: %s", instance.path, exc)
+        LOGGER.warning("Cannot read %s for a QIDO-RS answer: %s", path, exc)
         return {}
     return dataset_json(ds, None)
 
@@ -812,10 +876,8 @@ def _raw_frame(path: Path, where: PixelLocation, index: int) -> bytes:
         if where.transfer_syntax == EXPLICIT_BE and bits > 8:
             data = np.frombuffer(data, dtype=f">u{bits // 8}").astype(f"<u{bits // 8}").tobytes()
         return data
-    try:
-        arr = pixel_array(str(path), index=index)
-    except Exception as exc:
-        raise RenderError(f"Frame {index + 1} cannot be decoded from {where.transfer_syntax}: {exc}") from exc
+    # Through the renderer's guards; compressed frames decode in its worker processes.
+    arr = render.decode_frame(str(path), frame=index)
     if bits == 1:
         return bytes(np.packbits(arr.astype(np.uint8).ravel(), bitorder="little").tobytes())
     return bytes(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())

@@ -69,6 +69,13 @@ def test_stow_then_find_in_studies(client: DICOMwebClient, datasets: list[pydico
     assert _value(study, "0020000D") == _study_uid(datasets)
     assert _value(study, "00201208") == 6 and _value(study, "00201206") == 2
     assert _value(study, "00081190").endswith("/dicom-web/studies/" + _study_uid(datasets))
+    # ... and in the study list of the browse pages.
+    from bs4 import BeautifulSoup
+
+    page = BeautifulSoup(client._session.get(client.base_url.rsplit("/dicom-web", 1)[0] + "/studies",
+                                             params={"pid": f"PAT{FIRST_PATIENT:05d}"}).text, "html.parser")
+    rows = page.select("tr[data-href]")
+    assert len(rows) == 1 and f"PAT{FIRST_PATIENT:05d}" in rows[0].get_text()
 
 
 def test_study_level_returns_the_required_attributes(client: DICOMwebClient) -> None:
@@ -146,6 +153,42 @@ def test_limit_and_offset_page_through_results(client: DICOMwebClient) -> None:
              for o in (0, 5, 10)]
     assert [len(p) for p in pages] == [5, 5, 2]
     assert [_value(i, "00080018") for p in pages for i in p] == [_value(i, "00080018") for i in every]
+
+
+def test_limit_offset_and_includefield_at_the_study_and_series_levels(client: DICOMwebClient,
+                                                                       datasets: list[pydicom.Dataset]) -> None:
+    studies = client.search_for_studies(search_filters={"PatientID": "PAT009*"})
+    assert len(studies) == 2
+    pages = [client.search_for_studies(search_filters={"PatientID": "PAT009*"}, limit=1, offset=o) for o in (0, 1, 2)]
+    assert [len(p) for p in pages] == [1, 1, 0]
+    assert [_value(p[0], "0020000D") for p in pages[:2]] == [_value(s, "0020000D") for s in studies]
+    series = client.search_for_series(search_filters={"PatientID": "PAT009*"})
+    assert len(series) == 4
+    paged = [client.search_for_series(search_filters={"PatientID": "PAT009*"}, limit=3, offset=o) for o in (0, 3)]
+    assert [_value(s, "0020000E") for p in paged for s in p] == [_value(s, "0020000E") for s in series]
+    # includefield at the series level (an index attribute and one read from a file) and the instance level.
+    one = client.search_for_series(_study_uid(datasets), search_filters={"SeriesNumber": "1"},
+                                   fields=["BodyPartExamined", "FrameOfReferenceUID"])
+    assert len(one) == 1 and "00180015" in one[0] and _value(one[0], "00200052")
+    plain = client.search_for_instances(_study_uid(datasets), search_filters={"InstanceNumber": "1"})
+    assert plain and "00200052" not in plain[0]
+    rich = client.search_for_instances(_study_uid(datasets), search_filters={"InstanceNumber": "1"},
+                                       fields=["FrameOfReferenceUID", "00180050"])
+    assert {"00200052", "00180050"} <= set(rich[0])
+
+
+def test_non_ascii_answers_say_utf8(server: Any, client: DICOMwebClient) -> None:
+    ds = demodata.make_instance(FIRST_PATIENT + 7, 0, 0, 0, size=8)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Müller^Jörg"
+    body, headers = _multipart([_bytes(ds)])
+    assert server.post("/dicom-web/studies", data=body, headers=headers).status_code == 200
+    found = client.search_for_studies(search_filters={"PatientID": ds.PatientID})
+    assert _value(found[0], "00100010") == {"Alphabetic": "Müller^Jörg"}
+    assert _value(found[0], "00080005") == "ISO_IR 192"
+    assert list(found[0]) == sorted(found[0])  # attributes in tag order (PS3.18 F.2.1)
+    ascii_only = client.search_for_studies(search_filters={"PatientID": f"PAT{FIRST_PATIENT:05d}"})[0]
+    assert "00080005" not in ascii_only and list(ascii_only) == sorted(ascii_only)
 
 
 def test_fuzzymatching_is_accepted_with_a_warning(server: Any) -> None:
