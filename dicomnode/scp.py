@@ -332,7 +332,8 @@ def handle_sop_extended(event: evt.Event, ctx: Context) -> dict[str, bytes]:
     """
     answer: dict[str, bytes] = {}
     combined: set[str] = set()
-    for uid, info in (event.app_info or {}).items():
+    requested: dict[str, bytes] = getattr(event, "app_info", None) or {}
+    for uid, info in requested.items():
         if QR_MODELS.get(str(uid), ("", ""))[1] != "find" or not info:
             continue
         wants = len(info) > 1 and info[1] == 1
@@ -588,14 +589,14 @@ def retrieve_items(ctx: Context, root: str, identifier: Dataset) -> tuple[str, l
         raise DolmenError(f"a {level} retrieve needs {query.UNIQUE_KEY[level]}", code="identifier_mismatch")
     if root == "PATIENT" and level != "PATIENT" and "PatientID" not in filters:
         pass  # lenient: Patient Root requesters sometimes omit PatientID below the patient level
-    rows = (query.select(query.IMAGE, filters)
+    rows: Any = (query.select(query.IMAGE, filters)
             .select(Instance.path, Instance.sop_class_uid, Instance.sop_instance_uid,
                     Instance.transfer_syntax_uid, Instance.file_size)
             .order_by(Series.series_number, Series.pk, Instance.instance_number, Instance.pk)
             .tuples())
     store = ctx.ingestor.store
-    items = [scu.SendItem(str(store.root / path), sop_class, sop_uid, ts, int(size or 0))
-             for path, sop_class, sop_uid, ts, size in rows]
+    items = [scu.SendItem(str(store.root / row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4] or 0))
+             for row in rows]
     return level, items
 
 
@@ -617,7 +618,7 @@ class RetrieveService(QueryRetrieveServiceClass):
 def install_retrieve_service() -> None:
     """Route the Query/Retrieve models to :class:`RetrieveService` (pynetdicom picks a service
     class per SOP class with ``uid_to_service_class``; there is no public hook)."""
-    original = pynetdicom_association.uid_to_service_class
+    original = pynetdicom_association.uid_to_service_class  # type: ignore[attr-defined]
     if getattr(original, "dolmen", False):
         return
 
@@ -627,7 +628,7 @@ def install_retrieve_service() -> None:
         return original(uid)
 
     uid_to_service_class.dolmen = True  # type: ignore[attr-defined]
-    pynetdicom_association.uid_to_service_class = uid_to_service_class  # type: ignore[assignment]
+    pynetdicom_association.uid_to_service_class = uid_to_service_class  # type: ignore[attr-defined]
 
 
 def _respond(service: QueryRetrieveServiceClass, req: Any, context: PresentationContext, status: int,
@@ -638,7 +639,7 @@ def _respond(service: QueryRetrieveServiceClass, req: Any, context: Presentation
     rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
     rsp.Status = status
     if comment:
-        rsp.ErrorComment = comment[:64]
+        rsp.ErrorComment = comment[:64]  # type: ignore[assignment]
     if progress is not None:
         if not final or status == CANCEL:
             rsp.NumberOfRemainingSuboperations = max(progress.remaining, 0)
@@ -652,7 +653,7 @@ def _respond(service: QueryRetrieveServiceClass, req: Any, context: Presentation
             data = encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
             if data is not None:
                 rsp.Identifier = BytesIO(data)
-    service.dimse.send_msg(rsp, int(context.context_id))
+    service.dimse.send_msg(rsp, int(context.context_id or 0))
 
 
 def serve_retrieve(service: QueryRetrieveServiceClass, ctx: Context, req: Any, context: PresentationContext,
@@ -781,7 +782,7 @@ def build_ae(settings: Settings) -> AE:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES[:3])
     for cx in AllStoragePresentationContexts:
         # Roles as the requester proposes them: a C-GET requester is the storage SCP.
-        ae.add_supported_context(cx.abstract_syntax, syntaxes, scu_role=True, scp_role=True)
+        ae.add_supported_context(str(cx.abstract_syntax), syntaxes, scu_role=True, scp_role=True)
     install_retrieve_service()
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False  # decoded again just for a debug log
     return ae

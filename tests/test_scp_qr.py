@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import sqlite3
 import subprocess
@@ -29,11 +28,11 @@ from pynetdicom import evt
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
 from dicomnode import demodata
+from tests.conftest import ROOT
 from tests.conftest import Dcmtk
 from tests.conftest import DolmenProcess
 from tests.conftest import free_port
 from tests.conftest import make_config_doc
-from tests.conftest import start_dolmen
 from tests.conftest import start_orthanc
 from tests.conftest import wait_for
 from tests.conftest import write_toml
@@ -68,7 +67,8 @@ def instance_uid(p: int, st: int, se: int, i: int) -> str:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     base = tmp_path_factory.mktemp("qrdata")
-    paths = demodata.write(base, patients=PATIENTS, studies=STUDIES, series=SERIES, instances=INSTANCES, size=16)
+    paths = demodata.write(base, patients=PATIENTS, studies=STUDIES, series=SERIES, instances=INSTANCES,
+                           size=16)
     ds = demodata.make_instance(9, 0, 0, 0, 16)
     ds.PatientName = "MÜLLER^JÖRG"
     ds.PatientID = "PAT00009"
@@ -101,14 +101,14 @@ def orthanc_port() -> int:
 @pytest.fixture(scope="module")
 def pacs(tmp_short: Path, files: list[Path], viewer_port: int, orthanc_port: int) -> Iterator[DolmenProcess]:
     """A Dolmen holding the data set; VIEWER (a storescp) and ORTHANC are declared modalities."""
-    doc = make_config_doc(tmp_short / "pacs", **{
+    doc = make_config_doc(tmp_short / "pacs", storage={"fsync": False}, **{
         "modalities.viewer": {"aet": "VIEWER", "host": "127.0.0.1", "port": viewer_port},
         "modalities.slow": {"aet": "SLOW", "host": "127.0.0.1", "port": free_port()},
         "modalities.ctonly": {"aet": "CTONLY", "host": "127.0.0.1", "port": free_port()},
         "modalities.orthanc": {"aet": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port},
         "modalities.limited": {"aet": "LIMITED", "host": "127.0.0.1", "port": 104, "allow": ["echo", "find"]},
     })
-    server = start_dolmen(write_toml(tmp_short / "pacs.toml", doc), tmp_short / "pacs.log")
+    server = start_sidecar(write_toml(tmp_short / "pacs.toml", doc), tmp_short / "pacs.log")
     server.extra["doc"] = doc
     try:
         Dcmtk()("storescu", "-aet", "MODALITY", "127.0.0.1", str(server.dicom_port), *files)
@@ -129,6 +129,29 @@ def viewer(tmp_short: Path, viewer_port: int, pacs: DolmenProcess) -> Iterator[P
     yield folder
     proc.terminate()
     proc.wait(10)
+
+
+def start_sidecar(config: Path, log: Path) -> DolmenProcess:
+    """The DICOM side of Dolmen alone (``python -m dicomnode.sidecar``): no web server is needed
+    here and it starts in a third of the time of ``dolmen serve``."""
+    import sys
+    import tomllib
+
+    doc = tomllib.loads(config.read_text())
+    logf = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen([sys.executable, "-m", "dicomnode.sidecar", "--config", str(config)],
+                            stdout=logf, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT),
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    server = DolmenProcess(proc, config, "", int(doc["dicom"]["port"]), doc["dicom"].get("aet", "DOLMEN"),
+                           Path(doc["storage"]["path"]), log)
+
+    def ready() -> Any:
+        if proc.poll() is not None:
+            raise AssertionError(f"the sidecar exited with {proc.returncode}:\n{log.read_text()}")
+        return server.status().get("port")
+
+    wait_for(ready, timeout=60, what="the sidecar")
+    return server
 
 
 def port_of(server: DolmenProcess, name: str) -> int:
@@ -200,14 +223,16 @@ def test_find_patient_root_study_level(pacs: DolmenProcess, dcmtk: Dcmtk, tmp_pa
 
 
 def test_find_study_root_series_and_image_levels(pacs: DolmenProcess, dcmtk: Dcmtk, tmp_path: Path) -> None:
-    answers, _ = find(dcmtk, pacs, tmp_path, "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study_uid(1, 1)}",
+    answers, _ = find(dcmtk, pacs, tmp_path, "QueryRetrieveLevel=SERIES",
+                      f"StudyInstanceUID={study_uid(1, 1)}",
                       "SeriesInstanceUID", "Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances",
                       "PatientName")
     assert values(answers, "SeriesInstanceUID") == sorted([series_uid(1, 1, 0), series_uid(1, 1, 1)])
     assert values(answers, "Modality") == ["CT", "CT"]
     assert values(answers, "NumberOfSeriesRelatedInstances") == ["2", "2"]
     assert values(answers, "PatientName") == ["SCHMIDT^BRUNO"] * 2  # a key of a level above
-    answers, _ = find(dcmtk, pacs, tmp_path, "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study_uid(1, 1)}",
+    answers, _ = find(dcmtk, pacs, tmp_path, "QueryRetrieveLevel=IMAGE",
+                      f"StudyInstanceUID={study_uid(1, 1)}",
                       f"SeriesInstanceUID={series_uid(1, 1, 0)}", "SOPInstanceUID", "SOPClassUID",
                       "InstanceNumber", "InstitutionName")
     assert values(answers, "SOPInstanceUID") == sorted([instance_uid(1, 1, 0, 0), instance_uid(1, 1, 0, 1)])
@@ -314,15 +339,17 @@ def test_find_cancel(pacs: DolmenProcess, dcmtk: Dcmtk, tmp_path: Path) -> None:
     """C-CANCEL ends a long answer: 3,000 index rows for one name, cancelled after the first answer."""
     with contextlib.closing(sqlite3.connect(pacs.data / "index.db", timeout=30)) as con:
         with con:
-            cur = con.execute("INSERT INTO patient (public_id, patient_id, patient_name, patient_name_key, "
-                              "patient_birth_date, patient_sex, num_studies, num_series, num_instances, size, "
-                              "created_at, updated_at) VALUES ('cancel-test', 'CANCEL1', 'CANCEL^TEST', "
-                              "'CANCEL^TEST', '', '', 3000, 0, 0, 0, '2026-01-01', '2026-01-01')")
+            cur = con.execute(
+                "INSERT INTO patient (public_id, patient_id, patient_name, patient_name_key, "
+                "patient_birth_date, patient_sex, num_studies, num_series, num_instances, size, "
+                "created_at, updated_at) VALUES ('cancel-test', 'CANCEL1', 'CANCEL^TEST', "
+                "'CANCEL^TEST', '', '', 3000, 0, 0, 0, '2026-01-01', '2026-01-01')")
             patient = cur.lastrowid
             con.executemany(
                 "INSERT INTO study (public_id, patient_pk, study_instance_uid, study_date, study_time, "
-                "study_description, accession_number, study_id, referring_physician_name, modalities_in_study, "
-                "sop_classes_in_study, num_series, num_instances, size, created_at, updated_at) VALUES "
+                "study_description, accession_number, study_id, referring_physician_name, "
+                "modalities_in_study, sop_classes_in_study, num_series, num_instances, size, created_at, "
+                "updated_at) VALUES "
                 "(?, ?, ?, '19990101', '', '', '', '', '', '', '', 0, 0, 0, '2026-01-01', '2026-01-01')",
                 [(f"cancel-{n}", patient, f"1.2.3.999.{n}") for n in range(3000)])
     answers, log = find(dcmtk, pacs, tmp_path, "QueryRetrieveLevel=STUDY", "PatientName=CANCEL*",
@@ -350,7 +377,8 @@ def move(dcmtk: Dcmtk, server: DolmenProcess, *keys: str, root: str = "-S", dest
      [instance_uid(0, 0, se, i) for se in range(2) for i in range(2)]),
     ("-S", ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study_uid(0, 1)}",
             f"SeriesInstanceUID={series_uid(0, 1, 1)}"], [instance_uid(0, 1, 1, i) for i in range(2)]),
-    ("-S", ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study_uid(1, 0)}", f"SeriesInstanceUID={series_uid(1, 0, 0)}",
+    ("-S", ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study_uid(1, 0)}",
+            f"SeriesInstanceUID={series_uid(1, 0, 0)}",
             f"SOPInstanceUID={instance_uid(1, 0, 0, 1)}"], [instance_uid(1, 0, 0, 1)]),
     ("-P", ["QueryRetrieveLevel=PATIENT", "PatientID=PAT00002"],
      [instance_uid(2, st, se, i) for st in range(2) for se in range(2) for i in range(2)]),
@@ -379,7 +407,8 @@ def test_move_unknown_destination(pacs: DolmenProcess, dcmtk: Dcmtk) -> None:
 
 
 @contextlib.contextmanager
-def store_scp(aet: str, port: int, *, delay: float = 0.0, classes: tuple[str, ...] = (CT, MR)) -> Iterator[list[str]]:
+def store_scp(aet: str, port: int, *, delay: float = 0.0,
+              classes: tuple[str, ...] = (CT, MR)) -> Iterator[list[str]]:
     """A pynetdicom storage SCP (a move destination that is slow or takes only some classes)."""
     got: list[str] = []
 
@@ -434,8 +463,10 @@ def test_move_reports_failed_instances(pacs: DolmenProcess) -> None:
 
 @pytest.mark.parametrize(("root", "keys", "count"), [
     ("-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid(2, 1)}"], 4),
-    ("-S", ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study_uid(2, 1)}", f"SeriesInstanceUID={series_uid(2, 1, 0)}"], 2),
-    ("-S", ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study_uid(2, 1)}", f"SeriesInstanceUID={series_uid(2, 1, 0)}",
+    ("-S", ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study_uid(2, 1)}",
+            f"SeriesInstanceUID={series_uid(2, 1, 0)}"], 2),
+    ("-S", ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study_uid(2, 1)}",
+            f"SeriesInstanceUID={series_uid(2, 1, 0)}",
             f"SOPInstanceUID={instance_uid(2, 1, 0, 0)}"], 1),
     ("-P", ["QueryRetrieveLevel=PATIENT", "PatientID=PAT00001"], 8),
 ])
@@ -467,7 +498,8 @@ def test_get_counts_an_unoffered_class_as_failed(pacs: DolmenProcess) -> None:
     ds.QueryRetrieveLevel = "PATIENT"
     ds.PatientID = "PAT00000"
     started = time.monotonic()
-    assoc = ae.associate("127.0.0.1", pacs.dicom_port, ae_title=pacs.aet, ext_neg=[build_role(CT, scp_role=True)],
+    assoc = ae.associate("127.0.0.1", pacs.dicom_port, ae_title=pacs.aet,
+                         ext_neg=[build_role(CT, scp_role=True)],
                          evt_handlers=[(evt.EVT_C_STORE, on_store)])
     responses = list(assoc.send_c_get(ds, "1.2.840.10008.5.1.4.1.2.1.3"))
     assoc.release()
@@ -475,7 +507,8 @@ def test_get_counts_an_unoffered_class_as_failed(pacs: DolmenProcess) -> None:
     status, identifier = responses[-1]
     assert status.Status == 0xB000
     assert (status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations) == (4, 4)
-    assert set(identifier.FailedSOPInstanceUIDList) == {instance_uid(0, 0, se, i) for se in range(2) for i in range(2)}
+    mr = {instance_uid(0, 0, se, i) for se in range(2) for i in range(2)}
+    assert set(identifier.FailedSOPInstanceUIDList) == mr
     assert len(got) == 4
 
 
@@ -484,7 +517,8 @@ def test_get_counts_an_unoffered_class_as_failed(pacs: DolmenProcess) -> None:
 
 def test_access_rules_of_the_shared_server(pacs: DolmenProcess, dcmtk: Dcmtk, tmp_path: Path) -> None:
     # An unknown AE may store and echo (default [dicom] unknown_aet) but not query or retrieve.
-    answers, log = find(dcmtk, pacs, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=PAT00001", aet="STRANGER")
+    answers, log = find(dcmtk, pacs, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=PAT00001",
+                        aet="STRANGER")
     assert answers == [] and "Unknown Status: 0x124" in log, log[-2000:]
     row = log_rows(pacs, "find")[-1]
     assert not row["accepted"] and row["calling_aet"] == "STRANGER"
@@ -494,7 +528,8 @@ def test_access_rules_of_the_shared_server(pacs: DolmenProcess, dcmtk: Dcmtk, tm
     assert "Unknown Status: 0x124" in log or "NotAuthorized" in log.replace(" ", ""), log[-2000:]
     assert log_rows(pacs, "move")[-1]["reason"] == "modality 'limited' (LIMITED) is not allowed to move"
     # ... which may still find.
-    answers, _ = find(dcmtk, pacs, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=PAT00001", "StudyInstanceUID",
+    answers, _ = find(dcmtk, pacs, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=PAT00001",
+                      "StudyInstanceUID",
                       aet="LIMITED")
     assert len(answers) == 2
 
@@ -515,16 +550,17 @@ def test_no_acceptable_presentation_context_is_logged(pacs: DolmenProcess) -> No
 def strict(tmp_short: Path, files: list[Path]) -> Iterator[DolmenProcess]:
     """A Dolmen with every check on: called AE, calling host, unknown AEs may only echo, 2 answers at most,
     keys the index lacks read from the files."""
-    doc = make_config_doc(tmp_short / "strict", dicom={
+    doc = make_config_doc(tmp_short / "strict", storage={"fsync": False}, dicom={
         "aet": "STRICT", "check_called_aet": True, "check_calling_host": True, "unknown_aet": ["echo"],
         "max_find_results": 2, "find_read_files": True,
     }, **{
         "modalities.local": {"aet": "LOCAL", "host": "127.0.0.1", "port": 104},
         "modalities.far": {"aet": "FAR", "host": "192.0.2.10", "port": 104},
     })
-    server = start_dolmen(write_toml(tmp_short / "strict.toml", doc), tmp_short / "strict.log")
+    server = start_sidecar(write_toml(tmp_short / "strict.toml", doc), tmp_short / "strict.log")
     try:
-        Dcmtk()("storescu", "-aet", "LOCAL", "-aec", "STRICT", "127.0.0.1", str(server.dicom_port), *files[:12])
+        Dcmtk()("storescu", "-aet", "LOCAL", "-aec", "STRICT", "127.0.0.1", str(server.dicom_port),
+                *files[:4])
         yield server
     finally:
         server.stop()
@@ -532,22 +568,26 @@ def strict(tmp_short: Path, files: list[Path]) -> Iterator[DolmenProcess]:
 
 def test_strict_refusals(strict: DolmenProcess, dcmtk: Dcmtk, tmp_path: Path) -> None:
     # Wrong called AE: the association is rejected.
-    result = dcmtk("echoscu", "-aet", "LOCAL", "-aec", "NOTME", "127.0.0.1", str(strict.dicom_port), check=False)
+    result = dcmtk("echoscu", "-aet", "LOCAL", "-aec", "NOTME", "127.0.0.1", str(strict.dicom_port),
+                   check=False)
     assert result.returncode != 0
     row = log_rows(strict, "associate")[-1]
     assert not row["accepted"] and row["called_aet"] == "NOTME"
-    assert row["reason"] == "wrong called AE: 'NOTME' is not this server's AE title 'STRICT' ([dicom] check_called_aet)"
+    assert row["reason"] == ("wrong called AE: 'NOTME' is not this server's AE title 'STRICT' "
+                             "([dicom] check_called_aet)")
     # Declared AE from the wrong host.
     answers, log = find(dcmtk, strict, tmp_path, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", aet="FAR")
     assert answers == []
-    assert log_rows(strict, "find")[-1]["reason"] == "AE title 'FAR' called from 127.0.0.1, not from its declared host"
+    assert log_rows(strict, "find")[-1]["reason"] == ("AE title 'FAR' called from 127.0.0.1, "
+                                                      "not from its declared host")
     # Unknown AE: echo only.
     assert dcmtk("echoscu", "-aet", "STRANGER", "-aec", "STRICT", "127.0.0.1", str(strict.dicom_port),
                  check=False).returncode == 0
 
 
 def test_strict_store_refused_for_unknown(strict: DolmenProcess, dcmtk: Dcmtk, files: list[Path]) -> None:
-    result = dcmtk("storescu", "-aet", "STRANGER", "-aec", "STRICT", "127.0.0.1", str(strict.dicom_port), files[-1],
+    result = dcmtk("storescu", "-aet", "STRANGER", "-aec", "STRICT", "127.0.0.1", str(strict.dicom_port),
+                   files[-1],
                    check=False)
     assert "NotAuthorized" in (result.stdout + result.stderr).replace(" ", "") or result.returncode != 0
     row = log_rows(strict, "store")[-1]
@@ -555,7 +595,8 @@ def test_strict_store_refused_for_unknown(strict: DolmenProcess, dcmtk: Dcmtk, f
 
 
 def test_find_limit_and_keys_read_from_files(strict: DolmenProcess, dcmtk: Dcmtk, tmp_path: Path) -> None:
-    answers, log = find(dcmtk, strict, tmp_path, "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study_uid(0, 0)}",
+    answers, log = find(dcmtk, strict, tmp_path, "QueryRetrieveLevel=IMAGE",
+                        f"StudyInstanceUID={study_uid(0, 0)}",
                         "SOPInstanceUID", "SliceThickness", "PixelSpacing", aet="LOCAL")
     assert len(answers) == 2
     assert "OutOfResources" in log.replace(" ", "") or "a700" in log.lower(), log[-2000:]
@@ -567,7 +608,8 @@ def test_find_limit_and_keys_read_from_files(strict: DolmenProcess, dcmtk: Dcmtk
 # -- Orthanc queries Dolmen and retrieves by C-MOVE -------------------------------------------
 
 
-def test_orthanc_queries_and_retrieves_by_move(pacs: DolmenProcess, orthanc_port: int, tmp_short: Path) -> None:
+def test_orthanc_queries_and_retrieves_by_move(pacs: DolmenProcess, orthanc_port: int,
+                                               tmp_short: Path) -> None:
     orthanc = start_orthanc(tmp_short / "orthanc", "ORTHANC", DicomPort=orthanc_port,
                             DicomModalities={"dolmen": [pacs.aet, "127.0.0.1", pacs.dicom_port]})
     try:
@@ -605,10 +647,12 @@ def test_concurrent_clients_and_a_stalled_one(pacs: DolmenProcess, viewer: Path,
     port = str(pacs.dicom_port)
     jobs = []
     for n in range(3):
-        jobs.append((f"find{n}", "findscu", "-S", "-aet", "VIEWER", "-aec", pacs.aet, "-k", "QueryRetrieveLevel=STUDY",
+        jobs.append((f"find{n}", "findscu", "-S", "-aet", "VIEWER", "-aec", pacs.aet,
+                     "-k", "QueryRetrieveLevel=STUDY",
                      "-k", f"PatientID=PAT0000{n}", "-k", "StudyInstanceUID", "127.0.0.1", port))
         jobs.append((f"move{n}", "movescu", "-S", "-aet", "VIEWER", "-aec", pacs.aet, "-aem", "VIEWER",
-                     "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid(n, 0)}", "127.0.0.1", port))
+                     "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid(n, 0)}",
+                     "127.0.0.1", port))
     for n in range(2):
         jobs.append((f"store{n}", "storescu", "-aet", "MODALITY", "-aec", pacs.aet, "127.0.0.1", port,
                      *map(str, files[n * 6:(n + 1) * 6])))
