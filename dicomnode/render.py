@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -66,6 +67,7 @@ from pydicom.uid import ExplicitVRBigEndian
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.uid import ImplicitVRLittleEndian
 
+from dicomnode import decodepool
 from dicomnode.errors import RenderError
 
 LOGGER = logging.getLogger(__name__)
@@ -75,10 +77,13 @@ __all__ = [
     "PRESET_LABELS",
     "WINDOW_PRESETS",
     "Window",
+    "configure_decoding",
+    "decode_frame",
     "frame_count",
     "has_pixels",
     "placeholder",
     "render",
+    "start_decoding",
 ]
 
 #: Largest decoded frame (rows x columns x samples x bytes per sample) rendered.
@@ -326,6 +331,39 @@ def render(
     return data
 
 
+def decode_frame(source: str | os.PathLike[str] | Dataset, *, frame: int = 0) -> npt.NDArray[Any]:
+    """Decode one frame behind the same guards as :func:`render`, without rendering it.
+
+    For WADO-RS frames asked for uncompressed: the *Image Pixel* module is checked
+    against the pixel data first, and compressed frames are decoded in a worker
+    process (:mod:`dicomnode.decodepool`).
+
+    Parameters
+    ----------
+    source : str | os.PathLike | pydicom.dataset.Dataset
+        Path of a DICOM file, or a dataset read with its pixel data.
+    frame : int, optional
+        0-based index of the frame.
+
+    Returns
+    -------
+    numpy.ndarray
+        The stored values, (rows, columns) or (rows, columns, 3); YBR colour converted
+        to RGB as pydicom does.
+
+    Raises
+    ------
+    RenderError
+        As :func:`render`.
+    """
+    with _open(source) as src:
+        if src.pixel_keyword is None:
+            raise RenderError(_no_image_message(src.ds))
+        module = _check_pixel_module(src, frame)
+        arr, _ = _decode_frame(src, module, frame)
+    return arr
+
+
 def placeholder(text: str, *, size: int = 256, fmt: str = "png") -> bytes:
     """Return a grey square image with `text` written on it.
 
@@ -364,6 +402,61 @@ def placeholder(text: str, *, size: int = 256, fmt: str = "png") -> bytes:
         width = draw.textlength(line, font=font)
         draw.text(((size - width) / 2, top + number * line_height), line, fill=235, font=font)
     return _encode(image, image_format, 90)
+
+
+# --------------------------------------------------------------------------- decoding workers
+
+_POOL_LOCK = threading.Lock()
+_POOL_CONFIG: dict[str, Any] = {
+    "workers": decodepool.DEFAULT_WORKERS,
+    "timeout": decodepool.DEFAULT_TIMEOUT,
+    "memory_bytes": decodepool.DEFAULT_MEMORY_BYTES,
+}
+_POOL: decodepool.DecodePool | None = None
+
+
+def configure_decoding(
+    *,
+    workers: int | None = None,
+    timeout: float | None = None,
+    memory_bytes: int | None = None,
+) -> None:
+    """Set how compressed frames are decoded: in worker processes (default) or in process.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes (default 2); ``0`` decodes in the calling process, which only
+        tools that handle their own crashes should do (the fuzzing harness).
+    timeout : float, optional
+        Seconds a frame may take to decode before its worker is killed (default 10).
+    memory_bytes : int, optional
+        Address-space limit of each worker (default 2 GiB).
+    """
+    global _POOL
+    with _POOL_LOCK:
+        for key, value in (("workers", workers), ("timeout", timeout), ("memory_bytes", memory_bytes)):
+            if value is not None:
+                _POOL_CONFIG[key] = value
+        if _POOL is not None:
+            _POOL.close()
+            _POOL = None
+
+
+def start_decoding() -> None:
+    """Start the decode workers now, so the first compressed preview does not wait for them."""
+    _decode_pool()
+
+
+def _decode_pool() -> decodepool.DecodePool | None:
+    """The shared worker pool, started on first use; None when decoding in process."""
+    global _POOL
+    if _POOL_CONFIG["workers"] < 1:
+        return None
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = decodepool.DecodePool(**_POOL_CONFIG)
+        return _POOL
 
 
 # --------------------------------------------------------------------------- opening
@@ -720,14 +813,21 @@ def _decode_frame(src: _Source, module: _PixelModule, frame: int) -> tuple[npt.N
         "bits_stored": module.bits_stored,
         "pixel_representation": module.pixel_representation,
     }
+    properties: dict[str, Any]
     try:
         if tsyntax.is_encapsulated:
             # One frame's fragments, checked before a codec allocates for them.
             data = _frame_bytes(src, module, frame)
             _check_codestream(data, module, frame, label)
             options = as_pixel_options(src.ds, **{**overrides, "number_of_frames": 1})
-            options["pixel_keyword"] = "PixelData"
-            arr, properties = decoder.as_array(encapsulate([data]), index=0, **options)
+            pool = _decode_pool()
+            if pool is not None:
+                # A codec fed hostile bytes may loop, allocate or crash: in a worker.
+                arr, decoded_as = pool.decode(str(tsyntax), _json_options(options), data)
+                properties = {"photometric_interpretation": decoded_as or module.photometric_interpretation}
+            else:
+                options["pixel_keyword"] = "PixelData"
+                arr, properties = decoder.as_array(encapsulate([data]), index=0, **options)
         elif src.fp is not None:
             options = as_pixel_options(src.ds, **overrides)
             options["pixel_keyword"] = src.pixel_keyword
@@ -737,9 +837,15 @@ def _decode_frame(src: _Source, module: _PixelModule, frame: int) -> tuple[npt.N
             arr, properties = decoder.as_array(src.fp, index=frame, **options)
         else:
             arr, properties = decoder.as_array(src.ds, index=frame, **overrides)
+    except decodepool.CodecError as exc:  # the codec refused the stream, in a worker
+        LOGGER.info("Decoding frame %d (%s) failed: %s", frame, tsyntax, exc.message)
+        raise RenderError(f"Frame {frame + 1} could not be decoded from {label}: {exc.message}") from exc
     except RenderError:
         raise
-    except Exception as exc:  # decoder plugins raise many types; all mean "cannot decode"
+    except BaseException as exc:  # noqa: BLE001 - decoder plugins raise many types, Rust ones
+        # panic with pyo3's PanicException (a BaseException); all mean "cannot decode".
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
         LOGGER.info("Decoding frame %d (%s) failed: %s", frame, tsyntax, exc)
         reason = _first_line(exc)
         raise RenderError(f"Frame {frame + 1} could not be decoded from {label}: {reason}") from exc
@@ -752,6 +858,17 @@ def _decode_frame(src: _Source, module: _PixelModule, frame: int) -> tuple[npt.N
             f"image pixel module describes"
         )
     return arr, photometric
+
+
+def _json_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The pixel options a decode worker needs, as JSON values."""
+    safe: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, bool | int | float | str):
+            safe[key] = value
+    return safe
 
 
 def _frame_bytes(src: _Source, module: _PixelModule, frame: int) -> bytes:

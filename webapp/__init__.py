@@ -15,6 +15,7 @@ from flask import Flask
 from dicomnode import __version__
 from dicomnode import config
 from dicomnode import index
+from dicomnode import render
 from dicomnode.control import ControlClient
 from dicomnode.ingest import Ingestor
 from dicomnode.store import Store
@@ -80,6 +81,7 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
                   min_free_mb=settings["storage.min_free_mb"])
     index.open_index(settings.database_url, synchronous_full=False)
     index.close_index()
+    render.start_decoding()  # compressed frames decode in worker processes (dicomnode.decodepool)
     describe = supervisor.describe if supervisor else None
     app.extensions["dolmen"] = Services(
         settings=settings, store=store,
