@@ -94,6 +94,7 @@ def test_rows_newest_first_with_counts_durations_and_plain_reasons(app: Any, cli
     cut = page.select_one(f'tr[data-event="{aborted}"]')
     assert cut.select_one(".badge").text == "Aborted" and cut.select_one(".add-modality") is None
     assert "broken off before a normal release" in cut.select_one(".assoc-why").text
+    assert cut.select_one("details.assoc-raw") is None  # "aborted" says nothing more
 
 
 def test_add_as_modality_prefills_the_form_and_the_saved_node_is_then_allowed(app: Any, client: Any) -> None:
@@ -312,6 +313,17 @@ def test_unknown_move_destination_offers_to_add_it(app: Any, client: Any) -> Non
     assert button.text == "Add VIEWER_SCP as modality"
     assert parse_qs(urlparse(button["href"]).query) == {"aet": ["VIEWER_SCP"], "host": ["10.0.0.8"]}
     assert client.get("/api/associations").get_json()[0]["UnknownAet"] == "VIEWER_SCP"
+
+
+def test_declined_presentation_contexts_are_listed(client: Any) -> None:
+    pk = log("CT1", "10.0.0.8", "negotiate", False,
+             "no acceptable presentation context for Modality Worklist Information Model - FIND "
+             "(abstract syntax not supported)")
+    row = soup(client.get("/associations?operation=negotiate")).select_one(f'tr[data-event="{pk}"]')
+    assert row.select_one(".badge").text == "Declined" and row["data-kind"] == "no_context"
+    assert row.select_one(".assoc-why").text.startswith(
+        "We declined part of what it proposed (no acceptable presentation context): Modality "
+        "Worklist Information Model - FIND (abstract syntax not supported).")
 
 
 def test_accepted_operations_show_what_was_done(client: Any) -> None:
