@@ -511,8 +511,9 @@ def qido(req: QidoRequest, base: str, *, case_sensitive_pn: bool = False,
     fetched = db.execute(rows.select(*columns, model.pk, path).tuples()).fetchall()
     attrs = [query.ATTRIBUTES[k] for k in keywords]
     # Each answer's keys are sorted once here rather than per answer.
-    fixed = [(tag_key(a.tag), n, _CONVERT.get(a.vr, _as_list)) for n, a in enumerate(attrs)]
-    order = sorted([*fixed, (_AVAILABILITY, -1, None), (_RETRIEVE_URL, -2, None)])
+    fixed = [(tag_key(a.tag), n, a.vr, _CONVERT.get(a.vr, _as_list)) for n, a in enumerate(attrs)]
+    order: list[tuple[str, int, str, Any]] = sorted(
+        [*fixed, (_AVAILABILITY, -1, "CS", None), (_RETRIEVE_URL, -2, "UR", None)])
     url_at = [keywords.index(k) for k in _URL_KEYWORDS[req.level]]
     text_at = [n for n, a in enumerate(attrs) if a.vr in _TEXT_VRS]  # the others are ASCII by VR
     url_head = f"{base}/studies/"
@@ -520,15 +521,15 @@ def qido(req: QidoRequest, base: str, *, case_sensitive_pn: bool = False,
     answers = []
     for row in fetched:
         doc: dict[str, Any] = {}
-        for key, n, convert in order:
+        for key, n, vr, convert in order:
             if n >= 0:
                 value = row[n]
-                doc[key] = {"vr": attrs[n].vr} if value is None or value == "" else convert(attrs[n].vr, value)
+                doc[key] = {"vr": vr} if value is None or value == "" else convert(vr, value)
             elif n == -1:
-                doc[key] = {"vr": "CS", "Value": ["ONLINE"]}
+                doc[key] = {"vr": vr, "Value": ["ONLINE"]}
             else:
-                url = url_head + "".join(part + str(row[i]) for part, i in zip(url_parts, url_at, strict=False))
-                doc[key] = {"vr": "UR", "Value": [url]}
+                uids = "".join(part + str(row[i]) for part, i in zip(url_parts, url_at, strict=False))
+                doc[key] = {"vr": vr, "Value": [url_head + uids]}
         ascii_only = "".join([row[n] for n in text_at if row[n]]).isascii()
         if extra and store is not None:
             found = _from_header(store, row[-2], row[-1], req.level, extra)
