@@ -59,6 +59,11 @@ def test_a_refused_node_appears_live_then_is_added_and_accepted(page: Any, serve
     refused = page.locator('#assoc-table tr[data-kind="unknown_aet"]', has_text="US_ROOM4")
     expect(refused).to_have_count(1, timeout=15000)
     expect(refused.locator(".assoc-why")).to_contain_text("unknown AE titles may not check the connection")
+    # Refreshes answer 204 while nothing changed: an opened detail stays open.
+    refused.locator("details.assoc-raw summary").click()
+    with page.expect_response(lambda r: "/associations" in r.url and r.status == 204, timeout=15000):
+        pass
+    expect(refused.locator("details.assoc-raw")).to_have_attribute("open", "")
     page.screenshot(path=str(SHOTS / "associations.png"), full_page=True)
 
     refused.get_by_role("link", name="Add as modality").click()
