@@ -512,6 +512,38 @@ def test_get_counts_an_unoffered_class_as_failed(pacs: DolmenProcess) -> None:
     assert len(got) == 4
 
 
+def test_get_cancel(pacs: DolmenProcess) -> None:
+    """A C-CANCEL during a C-GET stops the C-STOREs and ends with Cancel and the counts."""
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.2.1.3")  # Patient Root GET
+    for uid in (CT, MR):
+        ae.add_requested_context(uid)
+    got: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        time.sleep(0.2)
+        got.append(str(event.request.AffectedSOPInstanceUID))
+        return 0
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "PATIENT"
+    ds.PatientID = "PAT00002"
+    assoc = ae.associate("127.0.0.1", pacs.dicom_port, ae_title=pacs.aet,
+                         ext_neg=[build_role(CT, scp_role=True), build_role(MR, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    responses = []
+    for status, identifier in assoc.send_c_get(ds, "1.2.840.10008.5.1.4.1.2.1.3", msg_id=7):
+        responses.append((status, identifier))
+        if len(responses) == 1:
+            assoc.send_c_cancel(7, query_model="1.2.840.10008.5.1.4.1.2.1.3")
+    assoc.release()
+    status, identifier = responses[-1]
+    assert status.Status == 0xFE00
+    assert status.NumberOfRemainingSuboperations > 0
+    assert status.NumberOfCompletedSuboperations == len(got) < 8
+    assert "cancelled" in log_rows(pacs, "get")[-1]["reason"]
+
+
 # -- access control and the association log ---------------------------------------------------
 
 
