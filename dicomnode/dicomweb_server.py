@@ -276,10 +276,10 @@ def transcode(path: str | os.PathLike[str], transfer_syntax: str) -> bytes:
         When the pixel data cannot be decoded (no codec) or the file cannot be re-encoded.
     """
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
         source = UID(str(ds.file_meta.TransferSyntaxUID))
-        if source.is_compressed:
-            ds.decompress(generate_instance_uid=False)
+        # Compressed frames decode through the renderer's guards, in its worker processes.
+        ds = render.decompressed(path) if source.is_compressed else pydicom.dcmread(path)
         if source == EXPLICIT_BE and "PixelData" in ds and int(ds.get("BitsAllocated", 8)) > 8:
             raise DolmenError("big endian pixel data is not converted")
         ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)

@@ -73,12 +73,14 @@ from dicomnode.errors import RenderError
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
+    "MAX_DECOMPRESSED_BYTES",
     "MAX_FRAME_BYTES",
     "PRESET_LABELS",
     "WINDOW_PRESETS",
     "Window",
     "configure_decoding",
     "decode_frame",
+    "decompressed",
     "frame_count",
     "has_pixels",
     "placeholder",
@@ -362,6 +364,67 @@ def decode_frame(source: str | os.PathLike[str] | Dataset, *, frame: int = 0) ->
         module = _check_pixel_module(src, frame)
         arr, _ = _decode_frame(src, module, frame)
     return arr
+
+
+#: Largest pixel data :func:`decompressed` produces (all frames).
+MAX_DECOMPRESSED_BYTES = 2 * 1024 * 1024 * 1024
+
+
+def decompressed(path: str | os.PathLike[str]) -> Dataset:
+    """Read a compressed instance with its pixel data decoded, frame by frame, behind the guards.
+
+    What pydicom's ``Dataset.decompress`` does, but each frame's codestream is checked
+    and decoded in a worker process (:mod:`dicomnode.decodepool`), and the total decoded
+    size is bounded by :data:`MAX_DECOMPRESSED_BYTES`. YBR colour becomes RGB.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Path of a DICOM file with encapsulated pixel data.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The data set (with its file meta) in Explicit VR Little Endian.
+
+    Raises
+    ------
+    RenderError
+        When a frame cannot be decoded, or the pixel module is inconsistent or too large.
+    """
+    with _open(path) as src:
+        if src.pixel_keyword is None:
+            raise RenderError(_no_image_message(src.ds))
+        module = _check_pixel_module(src, 0)
+        frame_bytes = math.ceil(
+            module.rows * module.columns * module.samples_per_pixel * module.bits_allocated / 8
+        )
+        if frame_bytes * module.number_of_frames > MAX_DECOMPRESSED_BYTES:
+            raise RenderError(
+                f"The pixel data is too large to decompress: {module.number_of_frames} frames of "
+                f"{_size(frame_bytes)}, the limit is {_size(MAX_DECOMPRESSED_BYTES)}"
+            )
+        photometric = module.photometric_interpretation
+        chunks: list[bytes] = []
+        for index in range(module.number_of_frames):
+            arr, photometric = _decode_frame(src, module, index)
+            if module.bits_allocated == 1:
+                chunks.append(np.packbits(arr.astype(np.uint8).ravel(), bitorder="little").tobytes())
+            else:
+                if arr.dtype.itemsize * 8 != module.bits_allocated:
+                    arr = arr.astype(f"{arr.dtype.kind}{module.bits_allocated // 8}")
+                chunks.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+        ds = src.ds if src.fp is not None else src.ds.copy()
+    ds.PixelData = b"".join(chunks)
+    ds["PixelData"].VR = "OB" if module.bits_allocated <= 8 else "OW"
+    ds.PhotometricInterpretation = photometric
+    if module.samples_per_pixel > 1:
+        ds.PlanarConfiguration = 0
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in ds:
+            del ds[keyword]
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
 
 
 def placeholder(text: str, *, size: int = 256, fmt: str = "png") -> bytes:

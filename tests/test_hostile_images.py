@@ -46,6 +46,7 @@ from tests.hostile import hostile_sections
 from tests.hostile import small_instance
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
+TRANSCODE = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
 DEADLINE = 2.0  # seconds for any answer about a hostile image
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8"
@@ -235,6 +236,7 @@ def image_urls(ids: dict[str, str]) -> dict[str, str]:
         "wado-rs-thumbnail": f"{dw}/thumbnail",
         "wado-rs-frames": f"{dw}/frames/1",
         "wado-rs-metadata": f"{dw}/metadata",
+        "wado-rs-transcoded": dw,
         "wado-uri-jpeg": wado + "&contentType=image/jpeg",
         "wado-uri-png": wado + "&contentType=image/png&columns=64",
     }
@@ -283,8 +285,9 @@ def test_every_hostile_image_is_answered_quickly_and_the_web_is_unaffected(hosti
     def fetch(job: tuple[str, str, str]) -> tuple[str, str, requests.Response, float]:
         name, label, url = job
         started = time.monotonic()
+        accept = TRANSCODE if label == "wado-rs-transcoded" else "*/*"
         try:
-            response = requests.get(server.url + url, timeout=30, headers={"Accept": "*/*"})
+            response = requests.get(server.url + url, timeout=30, headers={"Accept": accept})
         except requests.RequestException as exc:
             raise AssertionError(f"{name}:{label} {url}: {exc}") from exc
         return f"{name}:{label}", url, response, time.monotonic() - started
@@ -310,7 +313,8 @@ def test_every_hostile_image_is_answered_quickly_and_the_web_is_unaffected(hosti
     grown_mb = (_vm_hwm_kb(server.proc.pid) - baseline_kb) / 1024
     assert grown_mb < 200, f"the web process's peak memory grew by {grown_mb:.0f} MiB"
     for label, url in image_urls(good).items():  # the good image still renders everywhere
-        response = requests.get(server.url + url, timeout=10, headers={"Accept": "*/*"})
+        accept = TRANSCODE if label == "wado-rs-transcoded" else "*/*"
+        response = requests.get(server.url + url, timeout=10, headers={"Accept": accept})
         assert response.status_code == 200, f"{label}: {response.status_code} {response.text[:200]}"
     survival.check()
 
@@ -478,3 +482,19 @@ def test_uncompressed_good_image_is_not_sent_to_a_worker(tmp_path: Path) -> None
         assert render.render(path).startswith(PNG)
     finally:
         render.configure_decoding(workers=decodepool.DEFAULT_WORKERS, timeout=decodepool.DEFAULT_TIMEOUT)
+
+
+@pytest.mark.parametrize("name", [name for name, _ in COMPRESSED_SOURCES])
+def test_decompressed_matches_pydicom(name: str) -> None:
+    """WADO-RS transcoding decodes through the guarded workers and gives pydicom's result."""
+    reference = pydicom.dcmread(TEST_FILES / name)
+    try:
+        reference.decompress(generate_instance_uid=False)
+    except Exception:  # noqa: BLE001 - a file no codec here decodes (JPEG-lossy.dcm)
+        with pytest.raises(RenderError):
+            render.decompressed(TEST_FILES / name)
+        return
+    ds = render.decompressed(TEST_FILES / name)
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert ds.PhotometricInterpretation == reference.PhotometricInterpretation
+    assert np.array_equal(ds.pixel_array, reference.pixel_array)
