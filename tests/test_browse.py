@@ -336,6 +336,32 @@ def test_thumbnails_are_cached_and_conditional(filled: Any, client: Any) -> None
     assert again.status_code == 304
 
 
+def test_a_thumbnail_grid_renders_once(app: Any, client: Any, short_tmp: Path, monkeypatch: Any) -> None:
+    from dicomnode import resources
+
+    paths = [browse_data.save(demodata.make_instance(901, 0, 0, n, size=8), short_tmp / f"g{n}.dcm")
+             for n in range(12)]
+    ingest(app, *paths)
+    rendered: list[Path] = []
+    real = resources.render
+
+    def counting(path: Path, **kw: Any) -> bytes:
+        rendered.append(path)
+        return real(path, **kw)
+
+    monkeypatch.setattr(resources, "render", counting)
+    with app.app_context():
+        series = Series.select().get()
+    for _ in range(3):  # the grid opened three times, by browsers without a cached copy
+        grid = soup(client.get(f"/series/{series.public_id}"))
+        images = [img["src"] for img in grid.select("ol.thumbs img")]
+        assert len(images) == 12
+        for src in images:
+            response = client.get(src)
+            assert response.status_code == 200 and response.data.startswith(b"\x89PNG")
+    assert len(rendered) == 12 and len(set(rendered)) == 12
+
+
 def test_file_download_and_pdf(filled: Any, client: Any, extra_files: dict[str, Path]) -> None:
     with filled.app_context():
         pdf = one(Instance, Instance.sop_class_uid == browse_data.ENCAPSULATED_PDF)
@@ -392,6 +418,16 @@ def test_unknown_and_malformed_ids_are_404_pages(client: Any) -> None:
         assert page.select_one("h1").get_text().startswith("404"), url
     answer = client.get(f"/studies/{MISSING}", headers={"Accept": "application/json"})
     assert answer.json["error"]["status"] == 404
+
+
+def test_error_pages_speak_to_people(client: Any) -> None:
+    page = soup(client.get(f"/studies/{MISSING}"))
+    assert page.select_one("h1").get_text(strip=True) == "404 · Not found"  # not an exception class name
+    assert page.select_one(".alert-error").get_text(strip=True) == (
+        f"No study {MISSING} in the archive: it may have been deleted")
+    assert page.select_one("main a")["href"] == "/studies"
+    answer = client.get(f"/studies/{MISSING}", headers={"Accept": "application/json"}).json["error"]
+    assert answer["title"] == "Not found" and answer["code"] == "not_found"
 
 
 def test_strings_from_files_are_shown_as_text(filled: Any, client: Any) -> None:

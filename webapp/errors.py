@@ -12,6 +12,7 @@ from flask import render_template
 from flask import request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from dicomnode.errors import DolmenError
 from webapp.htmx import is_htmx
@@ -44,7 +45,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(DolmenError)
     def _dolmen(exc: DolmenError) -> ResponseReturnValue:
-        return error_response(exc.http_status, type(exc).__name__, exc.message, exc.code)
+        title = HTTP_STATUS_CODES.get(exc.http_status, "Error").capitalize()  # "Not found", for people
+        return error_response(exc.http_status, title, exc.message, exc.code)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> ResponseReturnValue:
