@@ -17,10 +17,10 @@ from flask.typing import ResponseReturnValue
 from dicomnode import assoclog
 from dicomnode import nodes
 from dicomnode import query
-from webapp.browse import _args_with
 from webapp.htmx import is_htmx
 from webapp.htmx import render
 from webapp.services import services
+from webapp.urls import args_with
 
 bp = Blueprint("associations", __name__)
 
@@ -67,7 +67,7 @@ def associations() -> ResponseReturnValue:
         form=request.args,
         per=per,
         per_choices=PER_PAGE,
-        args_with=_args_with,
+        args_with=args_with,
         explain=lambda row: assoclog.explain(row, settings),
         known=known,
         live=live,

@@ -45,6 +45,7 @@ from dicomnode.render import placeholder
 from dicomnode.render import render as render_image
 from webapp import htmx
 from webapp.services import services
+from webapp.urls import args_with as _args_with
 
 LOGGER = logging.getLogger(__name__)
 
@@ -145,18 +146,6 @@ def _contains(text: str) -> str:
     if not text or "*" in text or "?" in text:
         return text
     return f"*{text}*"
-
-
-def _args_with(**changes: Any) -> dict[str, Any]:
-    """The current query string with some values changed (None removes one); empty ones dropped."""
-    args: dict[str, Any] = dict(request.view_args or {})
-    args.update((k, v) for k, v in request.args.items() if v != "")
-    for key, value in changes.items():
-        if value is None:
-            args.pop(key, None)
-        else:
-            args[key] = value
-    return args
 
 
 def _sort(level: str, default: str, default_dir: str) -> tuple[str, str]:
