@@ -8,6 +8,7 @@ pre-filled with its AE title and address. The DICOM service prunes old rows
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 from flask import Blueprint
 from flask import jsonify
@@ -37,7 +38,7 @@ def _int_arg(name: str, default: int) -> int:
 
 
 def _page(filters: assoclog.Filters, per: int) -> query.Page:
-    q = assoclog.select(filters)
+    q: Any = assoclog.select(filters)  # paginate takes any model's query
     return query.paginate(q, _int_arg("page", 1), per, q.count())
 
 
