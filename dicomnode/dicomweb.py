@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
+from urllib.parse import quote
 from urllib.parse import urlencode
 from urllib.parse import urlparse
 
@@ -237,9 +238,17 @@ def _first_line(exc: BaseException) -> str:
     return (reason.group(1) if reason else text).splitlines()[0][:200]
 
 
-def request(server: Server, method: str, path: str, *, ok: Iterable[int] = (200,), **kwargs: Any
-            ) -> requests.Response:
+#: What an HTTP error status most likely means, added to the message.
+HINTS = {401: "check the user name and password", 403: "the credentials lack the rights",
+         404: "check the server's URL"}
+
+
+def request(server: Server, method: str, path: str, *, ok: Iterable[int] = (200,),
+            hints: Mapping[int, str] | None = None, **kwargs: Any) -> requests.Response:
     """One request to ``server`` (``path`` is appended to its URL).
+
+    ``hints`` replace the :data:`HINTS` for some statuses (a 404 to a retrieve says that the
+    server does not have the resource, not that its URL is wrong).
 
     Raises
     ------
@@ -260,10 +269,9 @@ def request(server: Server, method: str, path: str, *, ok: Iterable[int] = (200,
     if response.status_code not in tuple(ok):
         text = response.text[:300].strip() if not kwargs.get("stream") else ""
         response.close()
-        hint = {401: " (check the user name and password)", 403: " (the credentials lack the rights)",
-                404: " (check the server's URL)"}.get(response.status_code, "")
+        hint = {**HINTS, **(hints or {})}.get(response.status_code)
         raise RemoteError(f"{server.name} answered {response.status_code} {response.reason} to {method} "
-                          f"{path.split('?')[0]}{hint}{': ' + text if text else ''}")
+                          f"{path.split('?')[0]}{f' ({hint})' if hint else ''}{': ' + text if text else ''}")
     return response
 
 
@@ -296,17 +304,28 @@ def qido(server: Server, level: str, filters: Mapping[str, str], *, study: str |
         params.append(("limit", str(limit)))
     if offset:
         params.append(("offset", str(offset)))
-    response = request(server, "GET", path + ("?" + urlencode(params) if params else ""), ok=(200, 204),
+    response = request(server, "GET", path + ("?" + query_string(params) if params else ""), ok=(200, 204),
                        headers={"Accept": "application/dicom+json"})
     if response.status_code == 204 or not response.content.strip():
         return []
+    kind = response.headers.get("Content-Type", "no content type").split(";")[0]
     try:
         answers = response.json()
     except ValueError:
-        raise RemoteError(f"{server.name} did not answer the search with JSON") from None
+        raise RemoteError(f"{server.name} did not answer the search with DICOM JSON (it sent {kind} that "
+                          f"is not JSON): is {server.base} the server's DICOMweb root?") from None
     if not isinstance(answers, list):
-        raise RemoteError(f"{server.name} answered the search with something else than a list")
+        raise RemoteError(f"{server.name} answered the search with a JSON {type(answers).__name__} "
+                          "instead of a list of matches: is its URL the DICOMweb root?")
     return [a for a in answers if isinstance(a, dict)]
+
+
+def query_string(params: Iterable[tuple[str, str]]) -> str:
+    """``k=v&...`` with the wildcards ``*`` and ``?`` left as they are.
+
+    Orthanc's DICOMweb plugin does not decode ``%2A``: ``PatientName=DOE%2A`` matches nothing there.
+    """
+    return urlencode(list(params), quote_via=quote, safe="*?")
 
 
 def simplify(answer: Mapping[str, Any]) -> dict[str, str]:
@@ -349,7 +368,7 @@ def proxy_get(server: Server, uri: str, headers: Mapping[str, str] | None = None
     if not uri.startswith("/"):
         uri = "/" + uri
     if arguments:
-        uri += ("&" if "?" in uri else "?") + urlencode(dict(arguments))
+        uri += ("&" if "?" in uri else "?") + query_string(list(dict(arguments).items()))
     response = request(server, "GET", uri, ok=range(100, 600), headers=dict(headers or {}))
     kind = response.headers.get("Content-Type", "application/octet-stream")
     return response.status_code, kind, response.content
@@ -412,7 +431,8 @@ def retrieve(server: Server, ingestor: Ingestor, resources: Iterable[Mapping[str
     host = urlparse(server.url).hostname or ""
     for resource in resources:
         path = resource_path(resource)
-        response = request(server, "GET", path, stream=True, headers={"Accept": RETRIEVE_ACCEPT})
+        response = request(server, "GET", path, stream=True, headers={"Accept": RETRIEVE_ACCEPT},
+                           hints={404: f"{server.name} does not have this resource"})
         with response:
             media = parse_media_type(response.headers.get("Content-Type", "application/octet-stream"))
             response.raw.decode_content = True
@@ -473,6 +493,25 @@ _LEVEL_MODELS: tuple[tuple[str, Any], ...] = (("patient", Patient), ("study", St
                                               ("instance", Instance))
 
 
+def local_levels(public_ids: Iterable[str]) -> list[dict[str, str]]:
+    """``[{"level": "study", "id": ...}]`` for local resources given by public id (any level).
+
+    Raises
+    ------
+    NotFound
+        When an identifier names no resource.
+    """
+    out = []
+    for public_id in public_ids:
+        for level, model in _LEVEL_MODELS:
+            if model.select(model.pk).where(model.public_id == str(public_id)).exists():
+                out.append({"level": level, "id": str(public_id)})
+                break
+        else:
+            raise NotFound(f"No patient, study, series or instance {str(public_id)[:64]!r} here")
+    return out
+
+
 def local_instances(public_ids: Iterable[str]) -> list[Instance]:
     """The stored instances of local resources given by public id (any level), each once.
 
@@ -483,20 +522,13 @@ def local_instances(public_ids: Iterable[str]) -> list[Instance]:
     """
     seen: set[int] = set()
     out: list[Instance] = []
-    for public_id in public_ids:
-        query_ = None
-        for _level, model in _LEVEL_MODELS:
-            row = model.get_or_none(model.public_id == str(public_id))
-            if row is None:
-                continue
-            query_ = (Instance.select(Instance.pk, Instance.path, Instance.sop_instance_uid,
-                                      Instance.file_size)
-                      .join(Series).join(Study).join(Patient).where(model.pk == row.pk)
-                      .order_by(Series.series_number, Series.pk, Instance.instance_number, Instance.pk))
-            break
-        if query_ is None:
-            raise NotFound(f"No patient, study, series or instance {str(public_id)[:64]!r} here")
-        for instance in query_:
+    models = dict(_LEVEL_MODELS)
+    for resource in local_levels(public_ids):
+        model = models[resource["level"]]
+        found = (Instance.select(Instance.pk, Instance.path, Instance.sop_instance_uid, Instance.file_size)
+                 .join(Series).join(Study).join(Patient).where(model.public_id == resource["id"])
+                 .order_by(Series.series_number, Series.pk, Instance.instance_number, Instance.pk))
+        for instance in found:
             if instance.pk not in seen:
                 seen.add(instance.pk)
                 out.append(instance)
@@ -618,5 +650,6 @@ jobs.register_kind("stow", run_stow, label="DICOMweb send")
 
 
 __all__ = ["Server", "Transfer", "all_servers", "check_server", "count_instances", "delete_server",
-           "get_server", "local_instances", "parse_headers", "proxy_get", "qido", "resource_path",
-           "retrieve", "run_stow", "run_wado", "save_server", "simplify", "stow"]
+           "get_server", "local_instances", "local_levels", "parse_headers", "proxy_get", "qido",
+           "query_string", "resource_path", "retrieve", "run_stow", "run_wado", "save_server", "simplify",
+           "stow"]

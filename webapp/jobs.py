@@ -89,6 +89,28 @@ def local_resources(job: Job) -> list[dict[str, Any]]:
             if row is not None:
                 out.append(_local_entry(str(resource["level"]), row))
         return out
+    if job.kind == "stow":  # local public ids of any level
+        out = []
+        for public_id in params.get("resources") or []:
+            for level, model in LEVEL_MODELS.items():
+                row = model.get_or_none(model.public_id == str(public_id))
+                if row is not None:
+                    out.append(_local_entry(level, row))
+                    break
+        return out
+    if job.kind == "wado":  # {"Study": uid, "Series": uid, "Instance": uid}
+        out = []
+        for resource in params.get("resources") or []:
+            for level, key, field in (
+                ("instance", "Instance", Instance.sop_instance_uid),
+                ("series", "Series", Series.series_instance_uid),
+                ("study", "Study", Study.study_instance_uid),
+            ):
+                if isinstance(resource, dict) and resource.get(key):
+                    rows = LEVEL_MODELS[level].select().where(field == str(resource[key]))
+                    out += [_local_entry(level, row) for row in rows]
+                    break
+        return out
     if job.kind not in ("move", "get"):
         return []
     keys = params.get("keys") or {}

@@ -265,10 +265,10 @@ def retrieve() -> ResponseReturnValue:
     sop_classes = [c for c in form.get("sop_classes", "").split("\\") if c]
     if sop_classes:
         args["sop_classes"] = sop_classes
-    return _started(services().control.call(method, **args)["job"])
+    return started(services().control.call(method, **args)["job"])
 
 
-def _started(job_id: int) -> ResponseReturnValue:
+def started(job_id: int) -> ResponseReturnValue:
     """After starting a job: its live progress for htmx, else its page."""
     if is_htmx():
         from webapp.jobs import progress_fragment
