@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any
 
+from pynetdicom import association as pynetdicom_association
+
 from dicomnode import __version__
 from dicomnode import assoclog
 from dicomnode import config
@@ -62,9 +64,10 @@ class Sidecar:
         removed = self.store.clear_spool("scp")
         if removed:
             LOGGER.info("Removed %d partial object(s) left by an interrupted reception", removed)
-        upperlayer.apply()  # always: caps and deadlines against hostile peers
         if not os.environ.get("DOLMEN_NO_NETPATCH"):
             netpatch.apply()
+        upperlayer.apply()  # always (after netpatch, to wrap it): caps and deadlines against hostile peers
+        _close_index_when_associations_end()
         scp.install_spool(self.store.spool_dir("scp"), self.settings["dicom.max_object_mb"] * 1024 * 1024)
         ae = scp.build_ae(self.settings)
         self.ae = ae
@@ -237,6 +240,27 @@ class Sidecar:
             thread.join()
         index.close_index()
         self.stopped.set()
+
+
+def _close_index_when_associations_end() -> None:
+    """Close an association thread's index connection when the thread ends.
+
+    Each thread gets its own connection (three file descriptors with SQLite: the database,
+    its WAL and shared memory); left to the garbage collector, the connections of ended
+    associations piled up (eleven after a few dozen associations).
+    """
+    run = pynetdicom_association.Association.run
+    if getattr(run, "_dolmen_closes_index", False):
+        return
+
+    def run_then_close(self: Any) -> None:
+        try:
+            run(self)
+        finally:
+            index.close_index()
+
+    run_then_close._dolmen_closes_index = True  # type: ignore[attr-defined]
+    pynetdicom_association.Association.run = run_then_close  # type: ignore[method-assign]
 
 
 def _job_id(args: dict[str, Any]) -> int:

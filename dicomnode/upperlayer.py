@@ -21,11 +21,13 @@ pynetdicom trusts what a peer sends more than a server on a hospital network may
 * it counted connections that never sent an A-ASSOCIATE-RQ against
   ``[dicom] max_associations``, so 200 idle connections kept every modality out until
   they timed out; here only associations past their A-ASSOCIATE-RQ count, and at most
-  :data:`MAX_PENDING` connections may wait for theirs (more are closed at once).
+  :data:`MAX_PENDING` connections may wait for theirs (a new one closes the oldest);
+* it listened with a backlog of 5, so the sixth connection of a burst waited a second.
 """
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 import threading
@@ -33,15 +35,19 @@ import time
 from typing import Any
 
 from pynetdicom import AE
+from pynetdicom import dimse
 from pynetdicom import dul
+from pynetdicom import fsm
 from pynetdicom import transport
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 LOGGER = logging.getLogger(__name__)
 
 MAX_ASSOCIATE_PDU = 1024 * 1024  # an A-ASSOCIATE-RQ/AC/RJ: 128 contexts of 64 syntaxes fit easily
 MAX_SMALL_PDU = 1024  # A-RELEASE-RQ/RP and A-ABORT are 4 bytes long (PS3.8 9.3.6-9.3.8)
 UNLIMITED_PDATA = 128 * 1024 * 1024  # the P-DATA-TF cap when our maximum length is 0 (no limit)
-MAX_PENDING = 128  # connections waiting for their A-ASSOCIATE-RQ at once
+MAX_PENDING = 32  # connections waiting for their A-ASSOCIATE-RQ at once (each costs two polling threads)
+LISTEN_BACKLOG = 128  # pending TCP connections the kernel queues for accept()
 DEFAULT_DEADLINE = 60.0  # seconds for one PDU when the AE has no timeout set
 
 PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ", 0x04: "P-DATA-TF",
@@ -60,6 +66,19 @@ class _Timeout(Exception):
     pass
 
 
+def printable(text: Any, limit: int = 64) -> str:
+    """``text`` safe for a log line: control characters escaped, at most ``limit`` characters.
+
+    A calling AE title is the peer's to choose; written raw, a newline forges log lines and
+    an escape sequence repaints the operator's terminal.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("latin-1")
+    text = str(text)
+    out = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
 def peer_of(assoc: Any) -> str:
     """``"10.0.0.5:51234 (calling AE 'CT1')"``: the peer of ``assoc`` as log lines name it."""
     remote = assoc.requestor if assoc.is_acceptor else assoc.acceptor
@@ -67,7 +86,7 @@ def peer_of(assoc: Any) -> str:
         where = f"{remote.address}:{remote.port}"
     except Exception:  # noqa: BLE001 - no address yet
         where = "unknown address"
-    aet = str(getattr(remote, "ae_title", "") or "").strip()
+    aet = printable(str(getattr(remote, "ae_title", "") or "").strip(), 16)
     return f"{where} (calling AE {aet!r})" if aet and assoc.is_acceptor else \
         f"{where} (AE {aet!r})" if aet else where
 
@@ -143,6 +162,59 @@ def refuse(provider: Any, problem: str, reason: int) -> None:
         provider.event_queue.put("Evt17")
 
 
+def _ae_problem(raw: bytes, which: str) -> str | None:
+    """Why a 16-byte AE title field of an A-ASSOCIATE-RQ is invalid (PS3.5 AE: no control
+    characters, no backslash, not only spaces), or ``None``."""
+    if not raw.strip(b" \0"):
+        return f"{which} AE title is empty or only spaces"
+    if any(b < 0x20 or b == 0x7F or b == 0x5C for b in raw.rstrip(b"\0")):
+        return f"{which} AE title {printable(raw.strip())!r} holds control characters or a backslash"
+    return None
+
+
+def _associate_problem(pdu: Any) -> tuple[str, int] | None:
+    """Why a decoded A-ASSOCIATE-RQ must be rejected, with the A-ASSOCIATE-RJ reason
+    (PS3.8 9.3.4: 1 no reason given, 2 application context name not supported), or ``None``.
+
+    PS3.8 9.3.2: one Application Context item, one to 128 Presentation Context items with odd
+    and distinct identifiers (1-255), one User Information item.
+    """
+    if pdu.application_context_name is None:
+        return "no Application Context item", 2
+    contexts = pdu.presentation_context
+    if not contexts:
+        return "no Presentation Context item", 1
+    if len(contexts) > 128:
+        return f"{len(contexts)} presentation contexts (at most 128)", 1
+    ids = [cx.context_id for cx in contexts]
+    if any(i is None or not 1 <= i <= 255 or i % 2 == 0 for i in ids):
+        return f"presentation context identifiers {sorted(set(i for i in ids if i is not None))[:8]} " \
+               "are not all odd numbers from 1 to 255", 1
+    if len(set(ids)) != len(ids):
+        return "duplicate presentation context identifiers", 1
+    if pdu.user_information is None:
+        return "no User Information item", 1
+    return None
+
+
+def reject(provider: Any, problem: str, reason: int, source: int = 1) -> None:
+    """Log ``problem`` with the peer, send an A-ASSOCIATE-RJ (permanent; ``source`` 1 is the
+    service user, 2 the provider's ACSE) and close."""
+    LOGGER.warning("DICOM association from %s rejected: %s", peer_of(provider.assoc), problem)
+    sock = provider.socket
+    raw = getattr(sock, "socket", None)
+    if raw is not None:
+        try:
+            raw.settimeout(1.0)
+            raw.sendall(struct.pack(">BBLBBBB", 0x03, 0, 4, 0, 1, source, reason))
+        except OSError:
+            pass
+    connected = sock.socket is not None and sock._is_connected
+    sock.close()
+    if not connected:
+        provider.event_queue.put("Evt17")
+
+
 def _read_pdu_data(self: Any) -> None:
     """``DULServiceProvider._read_pdu_data`` with caps, a deadline and a logged refusal."""
     assoc = self.assoc
@@ -188,15 +260,130 @@ def _read_pdu_data(self: Any) -> None:
                        peer_of(assoc), name)
         self.event_queue.put("Evt17")
         return
-    try:
-        pdu, event = self._decode_pdu(bytearray(head + body))
-    except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the PDU is malformed
-        refuse(self, f"malformed {name} PDU ({type(exc).__name__}: {str(exc)[:200]})", REASON_INVALID_PARAMETER)
+    if assoc.is_acceptor and pdu_type in (0x02, 0x03):
+        refuse(self, f"{name} PDU sent by the requesting side (out of sequence)", REASON_UNEXPECTED_PDU)
         return
-    if pdu_type == 0x01:
-        assoc._dolmen_requested = True  # counts against [dicom] max_associations from now on
+    if pdu_type == 0x01 and len(body) >= 68 and assoc.is_acceptor and not assoc.is_established:
+        if not struct.unpack(">H", body[:2])[0] & 1:  # PS3.8 9.3.2: protocol version, bit 0 set
+            reject(self, f"protocol version 0x{struct.unpack('>H', body[:2])[0]:04X} not supported", 2, source=2)
+            return
+        # PS3.8 9.3.2: called AE title at bytes 11-26 of the PDU, calling AE title at 27-42.
+        problem = _ae_problem(body[4:20], "called") or None
+        if problem:
+            reject(self, problem, 7)  # called-AE-title-not-recognized
+            return
+        problem = _ae_problem(body[20:36], "calling")
+        if problem:
+            reject(self, problem, 3)  # calling-AE-title-not-recognized
+            return
+    data = head + body
+    try:
+        if pdu_type == 0x01 and assoc.is_acceptor and not assoc.is_established:
+            # Checked before pynetdicom's decoder runs its event handlers on it (they fail on
+            # a request without User Information, with a logged traceback).
+            request = A_ASSOCIATE_RQ()
+            request.decode(data)
+            problem_reason = _associate_problem(request)
+            if problem_reason:
+                reject(self, *problem_reason)
+                return
+            assoc._dolmen_requested = True  # counts against [dicom] max_associations from now on
+        pdu, event = self._decode_pdu(bytearray(data))
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the PDU is malformed
+        detail = printable(f"{type(exc).__name__}: {exc}".rstrip(": "), 200)
+        refuse(self, f"malformed {name} PDU ({detail})", REASON_INVALID_PARAMETER)
+        return
     self.event_queue.put(event)
     self._recv_pdu.put(pdu)
+
+
+#: FSM events raised by our own side (a primitive from the local user), PS3.8 Table 9-10.
+LOCAL_EVENTS = {"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"}
+#: FSM events raised by a PDU from the peer, by name.
+PEER_EVENTS = {"Evt3": "A-ASSOCIATE-AC", "Evt4": "A-ASSOCIATE-RJ", "Evt6": "A-ASSOCIATE-RQ",
+               "Evt10": "P-DATA-TF", "Evt12": "A-RELEASE-RQ", "Evt13": "A-RELEASE-RP",
+               "Evt19": "an invalid PDU"}
+STATES = {"Sta2": "before its A-ASSOCIATE-RQ", "Sta3": "while its A-ASSOCIATE-RQ was being answered",
+          "Sta5": "while waiting for the A-ASSOCIATE-AC", "Sta6": "during the association",
+          "Sta7": "while waiting for the A-RELEASE-RP", "Sta8": "while the release was being answered"}
+
+
+def _do_action(original: Any) -> Any:
+    def do_action(self: Any, event: str) -> None:
+        state = self.current_state
+        if (event, state) not in fsm.TRANSITION_TABLE:
+            if event in LOCAL_EVENTS and state in ("Sta1", "Sta13"):
+                # Our answer came after the peer's protocol error ended the association (an
+                # A-ASSOCIATE-AC decided while it sent a P-DATA too early): nothing to do.
+                # pynetdicom raised, killing the DUL thread with a traceback.
+                return
+            if event == "Evt15" and state == "Sta2":
+                # Abort asked for a connection that has not sent its A-ASSOCIATE-RQ yet (at
+                # shutdown): there is no association to abort, close the connection.
+                sock = self.dul.socket
+                if sock is not None:
+                    sock.close()
+                return
+        elif event in PEER_EVENTS and fsm.TRANSITION_TABLE[(event, state)] in ("AA-1", "AA-8") \
+                and self.dul.assoc.is_acceptor:
+            LOGGER.warning("DICOM connection from %s aborted: %s received %s (out of sequence)",
+                           peer_of(self.dul.assoc), PEER_EVENTS[event], STATES.get(state, state))
+            original(self, event)  # sends the A-ABORT and waits in Sta13 for the peer to close
+            # ... which a hostile peer never does: close now rather than at the ARTIM timeout.
+            sock = self.dul.socket
+            if sock is not None and sock.socket is not None:
+                sock.close()  # queues Evt17: Sta13 -> AR-5 -> Sta1
+            return
+        original(self, event)
+    return do_action
+
+
+def _receive_primitive(original: Any) -> Any:
+    def receive_primitive(self: Any, primitive: Any) -> None:
+        try:
+            original(self, primitive)
+        except Exception as exc:  # noqa: BLE001 - a command set pynetdicom cannot read
+            # pynetdicom raised inside its state machine, which killed the DUL thread with
+            # a traceback; treat it as the invalid PDU it is (Evt19: A-ABORT, close).
+            self.message = None
+            LOGGER.warning("DICOM connection from %s aborted: invalid DIMSE message (%s)",
+                           peer_of(self.assoc), printable(f"{type(exc).__name__}: {exc}", 200))
+            self.dul.event_queue.put("Evt19")
+    return receive_primitive
+
+
+def drop_partial_spool(provider: Any) -> None:
+    """Close and remove the spool file of a C-STORE still being received by ``provider``
+    (a DIMSE service provider) when its association ends: the peer aborted or vanished
+    half-way, and pynetdicom leaves the partial file behind."""
+    message = getattr(provider, "message", None)
+    spool = getattr(message, "_data_set_file", None)
+    if spool is None:
+        return
+    provider.message = None
+    try:
+        spool.close()
+    except OSError:
+        pass
+    name = getattr(spool, "name", None)
+    if name:
+        try:
+            os.unlink(name)
+        except OSError:
+            return
+        LOGGER.warning("DICOM connection from %s ended in the middle of a C-STORE: partial object removed",
+                       peer_of(provider.assoc))
+
+
+def _run_reactor(original: Any) -> Any:
+    def run_reactor(self: Any) -> None:
+        try:
+            original(self)
+        finally:
+            dimse_provider = getattr(self.assoc, "dimse", None)
+            if dimse_provider is not None:
+                drop_partial_spool(dimse_provider)
+    return run_reactor
 
 
 def requested(assoc: Any) -> bool:
@@ -229,23 +416,47 @@ class DolmenAE(AE):
 
 def _verify_request(original: Any) -> Any:
     def verify_request(self: Any, request: Any, client_address: Any) -> bool:
-        pending = [a for a in self.ae.active_associations_all if a.is_acceptor and not requested(a)] \
-            if hasattr(self.ae, "active_associations_all") else []
-        if len(pending) >= MAX_PENDING:
-            LOGGER.warning("DICOM connection from %s:%s closed: %d connections already wait for their "
-                           "A-ASSOCIATE-RQ", client_address[0], client_address[1], len(pending))
-            return False
+        all_assocs = getattr(self.ae, "active_associations_all", None)
+        pending = sorted((a for a in (all_assocs or []) if a.is_acceptor and not requested(a)),
+                         key=lambda a: getattr(a, "_dolmen_accepted", 0.0))
+        # Too many connections wait for their A-ASSOCIATE-RQ: close the one that waited
+        # longest rather than refuse the newcomer. A modality sends its request within
+        # milliseconds of connecting, so idle connections cannot starve it.
+        for assoc in pending[:max(0, len(pending) - MAX_PENDING + 1)]:
+            LOGGER.warning("DICOM connection from %s closed: %d connections wait for their "
+                           "A-ASSOCIATE-RQ, this one the longest", peer_of(assoc), len(pending))
+            sock = getattr(assoc.dul, "socket", None)
+            if sock is not None:
+                sock.close()
         return bool(original(self, request, client_address))
     return verify_request
 
 
+def _create_association(original: Any) -> Any:
+    def create_association(self: Any) -> Any:
+        assoc = original(self)
+        assoc._dolmen_accepted = time.monotonic()
+        return assoc
+    return create_association
+
+
 def apply() -> None:
-    """Install the hardening (idempotent)."""
+    """Install the hardening (idempotent); after :func:`dicomnode.netpatch.apply`, so that the
+    guard around DIMSE decoding wraps netpatch's fast path too."""
     global _applied
     with _lock:
         if _applied:
             return
         dul.DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
+        dul.DULServiceProvider.run_reactor = _run_reactor(dul.DULServiceProvider.run_reactor)  # type: ignore[method-assign]
+        provider = dimse.DIMSEServiceProvider
+        provider.receive_primitive = _receive_primitive(provider.receive_primitive)  # type: ignore[method-assign]
+        fsm.StateMachine.do_action = _do_action(fsm.StateMachine.do_action)  # type: ignore[method-assign]
+        # socketserver listens with a backlog of 5: the sixth of a burst of connections had
+        # its SYN dropped and waited a second for the retransmission.
+        transport.AssociationServer.request_queue_size = LISTEN_BACKLOG
+        transport.RequestHandler._create_association = _create_association(  # type: ignore[method-assign]
+            transport.RequestHandler._create_association)
         transport.AssociationServer.verify_request = _verify_request(  # type: ignore[method-assign]
             transport.AssociationServer.verify_request)
         _applied = True

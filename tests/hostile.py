@@ -94,6 +94,15 @@ def encode(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def implicit_bytes(ds: Dataset) -> bytes:
+    """``ds`` without meta, Implicit VR Little Endian: the data set of a C-STORE."""
+    from pynetdicom.dsutils import encode as encode_dataset
+
+    data = encode_dataset(ds, True, True)
+    assert data is not None
+    return data
+
+
 # -- raw PDUs (PS3.8 9.3) -------------------------------------------------------------------------
 
 def pdu(pdu_type: int, body: bytes, length: int | None = None) -> bytes:
@@ -327,6 +336,16 @@ class Survival:
     def _fds(self) -> int:
         return _count(f"/proc/{self.server.sidecar_pid()}/fd")
 
+    def _fd_targets(self) -> list[str]:
+        folder = f"/proc/{self.server.sidecar_pid()}/fd"
+        out = []
+        for name in os.listdir(folder):
+            try:
+                out.append(os.readlink(f"{folder}/{name}"))
+            except OSError:
+                pass
+        return sorted(out)
+
     def _outside(self) -> set[str]:
         root = self.server.data.resolve()
         return {str(p) for p in root.parent.rglob("*") if root not in p.parents and p != root}
@@ -396,8 +415,10 @@ class Survival:
         else:
             wait_for(lambda: self._threads() <= self.threads + tolerance, timeout=settle,
                      what=f"sidecar threads back to {self.threads} (now {self._threads()})")
-            wait_for(lambda: self._fds() <= self.fds + tolerance, timeout=settle,
-                     what=f"sidecar fds back to {self.fds} (now {self._fds()})")
+            try:
+                wait_for(lambda: self._fds() <= self.fds + tolerance, timeout=settle, what="fds")
+            except AssertionError:
+                raise AssertionError(f"sidecar fds not back to {self.fds}: {self._fd_targets()}") from None
         # Files: nothing outside the storage root, no row without its file, no spool leftovers.
         for path in forbidden:
             assert not os.path.lexists(path), f"a file was written outside the storage root: {path}"
