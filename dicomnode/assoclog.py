@@ -85,26 +85,30 @@ class Filters:
 
     ``aet`` matches the calling or the called AE title and ``ip`` the peer's address, both as
     a case-insensitive substring (``*`` and ``?`` are wildcards); ``result`` is ``accepted``
-    or ``refused``; ``operation`` one of :data:`LOGGED_OPERATIONS`.
+    or ``refused``; ``operation`` one of :data:`LOGGED_OPERATIONS`; ``after`` keeps the rows
+    logged after the one with that ID (for a program following the log).
     """
 
     aet: str = ""
     ip: str = ""
     result: str = ""
     operation: str = ""
+    after: int = 0
 
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> Filters:
         """Filters from a query string; unknown ``result`` and ``operation`` values are ignored."""
         result = args.get("result", "")
         operation = args.get("operation", "")
+        after = args.get("after", "").strip()
         return cls(aet=args.get("aet", "").strip()[:64], ip=args.get("ip", "").strip()[:64],
                    result=result if result in ("accepted", "refused") else "",
-                   operation=operation if operation in LOGGED_OPERATIONS else "")
+                   operation=operation if operation in LOGGED_OPERATIONS else "",
+                   after=int(after) if after.isdigit() and len(after) < 19 else 0)
 
     @property
     def active(self) -> bool:
-        return bool(self.aet or self.ip or self.result or self.operation)
+        return bool(self.aet or self.ip or self.result or self.operation or self.after)
 
 
 def _contains(field: Any, text: str) -> Any:
@@ -123,6 +127,8 @@ def select(filters: Filters) -> peewee.ModelSelect[AssociationEvent]:
         q = q.where(AssociationEvent.accepted == (filters.result == "accepted"))
     if filters.operation:
         q = q.where(AssociationEvent.operation == filters.operation)
+    if filters.after:
+        q = q.where(AssociationEvent.pk > filters.after)
     return q.order_by(AssociationEvent.at.desc(), AssociationEvent.pk.desc())
 
 

@@ -262,6 +262,9 @@ def test_api(client: Any, mixed: dict[str, int]) -> None:
     everything = client.get("/api/associations?per=2&page=2")
     assert everything.headers["X-Total-Count"] == "5"
     assert [r["ID"] for r in everything.get_json()] == [mixed["stranger_find"], mixed["mr"]]
+    following = client.get(f"/api/associations?after={mixed['stranger_find']}").get_json()
+    assert [r["ID"] for r in following] == [mixed["called"], mixed["stranger_move"]]
+    assert len(client.get("/api/associations?after=x").get_json()) == 5  # not a number: ignored
     accepted = client.get("/api/associations?result=accepted").get_json()
     assert {(r["CallingAet"], r["Count"], r["Duration"], r["Kind"]) for r in accepted} == {
         ("CT_ROOM1", 3, 1.0, ""), ("MR-3T", 40, 9.0, "")}
