@@ -285,15 +285,17 @@ def test_every_refusal_the_access_check_gives_is_explained(app: Any) -> None:
         reason = nodes.access(s, *args)
         assert reason
         assert assoclog.kind(reason) == expected, reason
-    # Reasons the SCP records for what the access check does not decide (dicomnode/scp.py).
+    # Reasons the SCP records for what the access check does not decide (dicomnode/scp.py;
+    # the rejections from its own function, the others as its handlers word them).
     recorded = {
         "aborted": "aborted",
         "association rejected": "rejected",
         "no acceptable presentation context for Modality Worklist Information Model - FIND "
         "(abstract syntax not supported)": "no_context",
-        "wrong called AE: 'PACS' is not this server's AE title 'DOLMEN' ([dicom] check_called_aet)":
+        scp.reject_reason(s.replace(**{"dicom.check_called_aet": True}), "WS1", "PACS", 1):
             "wrong_called_aet",
-        "too many associations at once: 16 already open ([dicom] max_associations)": "busy",
+        scp.reject_reason(s, "WS1", "DOLMEN", 17): "busy",
+        scp.reject_reason(s, "WS1", "DOLMEN", 1): "rejected",
         "unknown move destination 'ELSEWHERE' asked by 'VIEWER' at 10.0.0.8: declare it as a modality "
         "(its address is never taken from the request)": "unknown_destination",
         "bad query: (0008,0052) Query/Retrieve Level 'FOO' is not a level": "bad_request",
