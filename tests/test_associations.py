@@ -402,7 +402,7 @@ def strict_server(short_tmp: Path) -> Iterator[DolmenProcess]:
     server.stop()
 
 
-def test_echo_from_a_known_and_an_unknown_ae_against_a_real_server(strict_server: DolmenProcess,
+def test_echo_and_move_refusals_from_dcmtk_against_a_real_server(strict_server: DolmenProcess,
                                                                     dcmtk: Any) -> None:
     d = strict_server
     wait_for(lambda: d.get("/api/associations?aet=ANCIENT").headers["X-Total-Count"] == "0",
@@ -414,14 +414,23 @@ def test_echo_from_a_known_and_an_unknown_ae_against_a_real_server(strict_server
     # DCMTK names 0x0124 (Refused: Not Authorized) an unknown status.
     assert "Echo Response (Unknown Status: 0x124)" in refused.stderr, refused.stderr
 
+    moved = dcmtk("movescu", "-v", "-S", "-aet", "KNOWNAE", "-aec", d.aet, "-aem", "NOWHERE",
+                  "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=1.2.3",
+                  "127.0.0.1", str(d.dicom_port), check=False)
+    assert "Final Move Response (Refused: MoveDestinationUnknown)" in moved.stderr, moved.stderr
+
     def logged() -> list[dict[str, Any]] | None:
         answer = d.get("/api/associations").json()
-        return answer if len(answer) >= 3 else None
+        seen = {(r["CallingAet"], r["Operation"]) for r in answer}
+        wanted = {("KNOWNAE", "associate"), ("STRANGER", "echo"), ("KNOWNAE", "move")}
+        return answer if wanted <= seen else None
 
     answer = wait_for(logged, what="the association log rows")
     by = {(r["CallingAet"], r["Operation"]): r for r in answer}
     assert by[("KNOWNAE", "associate")]["Accepted"] is True
-    assert all(r["Accepted"] for r in answer if r["CallingAet"] == "KNOWNAE")
+    move = by[("KNOWNAE", "move")]
+    assert move["Accepted"] is False and move["Kind"] == "unknown_destination"
+    assert move["UnknownAet"] == "NOWHERE"
     echo = by[("STRANGER", "echo")]
     assert echo["Accepted"] is False and echo["Kind"] == "unknown_aet" and echo["PeerIp"] == "127.0.0.1"
     assert echo["CalledAet"] == d.aet
