@@ -403,7 +403,7 @@ def strict_server(short_tmp: Path) -> Iterator[DolmenProcess]:
 
 
 def test_echo_and_move_refusals_from_dcmtk_against_a_real_server(strict_server: DolmenProcess,
-                                                                    dcmtk: Any) -> None:
+                                                                 dcmtk: Any) -> None:
     d = strict_server
     wait_for(lambda: d.get("/api/associations?aet=ANCIENT").headers["X-Total-Count"] == "0",
              what="the sidecar to prune the old row")
