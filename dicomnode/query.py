@@ -467,6 +467,37 @@ class Page:
         return (self.number - 1) * self.size + len(self.rows)
 
 
+def list_page(level: str, filters: Mapping[str, Any], sort: str | None, *, descending: bool = False,
+              number: int = 1, size: int = 50, case_sensitive_pn: bool = False) -> Page:
+    """Page ``number`` of the rows of ``level`` matching ``filters``, sorted by ``sort`` (:data:`ORDER`).
+
+    Counts with :func:`count`. The first page is one LIMIT query. A later page first reads the
+    primary keys of its rows (LIMIT/OFFSET over narrow rows: from the level's table alone, an
+    index scan, when nothing is filtered and the sort key is the level's own column), then
+    loads only those rows with their parents: an OFFSET of thousands then skips index entries
+    or keys, not joined rows.
+    """
+    level = level.upper()
+    total = count(level, filters, case_sensitive_pn=case_sensitive_pn)
+    rows = select(level, filters, case_sensitive_pn=case_sensitive_pn)
+    size = max(1, size)
+    number = min(max(1, number), max(1, -(-total // size)))
+    offset = (number - 1) * size
+    model: Any = MODEL.get(level)
+    if not offset or model is None:
+        return Page(list(order(rows, level, sort, descending).limit(size)), number, size, total)
+    keys: Any = ORDER.get(level, {})
+    fields = keys.get(sort or "", None) or next(iter(keys.values()), ())
+    own = is_universal(filters) and all(f.model is model for f in fields)
+    lean: Any = model.select(model.pk) if own else rows.select(model.pk)
+    keyed: Any = order(lean, level, sort, descending).limit(size).offset(offset).tuples()
+    pks: list[int] = [row[0] for row in keyed]
+    position = {pk: n for n, pk in enumerate(pks)}
+    # No ORDER BY here: with one, SQLite may walk the sort index and test every row.
+    found: list[Any] = sorted(rows.where(model.pk.in_(pks)), key=lambda r: position[r.pk]) if pks else []
+    return Page(found, number, size, total)
+
+
 def paginate(query: peewee.ModelSelect, number: int, size: int, total: int) -> Page:
     """Page ``number`` (1-based, clamped to the last page) of ``size`` rows of a sorted query.
 

@@ -175,6 +175,30 @@ def test_pagination(app: Any, client: Any, short_tmp: Path) -> None:
     assert len(rows(soup(client.get("/studies?per=7&page=abc")))) == 30  # odd values fall back to 50
 
 
+def test_later_pages_equal_a_plain_limit_offset_for_every_sort(app: Any, short_tmp: Path) -> None:
+    """query.list_page reads a later page's keys first; its rows must be the plain query's."""
+    from dicomnode import query
+
+    files = demodata.write(short_tmp / "paged", patients=23, studies=3, series=1, instances=1, size=8)
+    ingest(app, *files)  # 69 studies; dates and names repeat, so ties are broken by the primary key
+    filter_sets = [{}, {"PatientName": "*A*"}, {"StudyDate": "20150101-20201231"}]
+    with app.app_context():
+        for level, filters_list in ((query.STUDY, filter_sets), (query.PATIENT, [{}, {"PatientName": "*A*"}])):
+            for filters in filters_list:
+                for sort in query.ORDER[level]:
+                    for descending in (False, True):
+                        plain = query.order(query.select(level, filters), level, sort, descending)
+                        total = query.count(level, filters)
+                        for number in (1, 2, 3, 4):
+                            page = query.list_page(level, filters, sort, descending=descending, number=number,
+                                                   size=10)
+                            expected = [r.pk for r in plain.limit(10).offset((page.number - 1) * 10)]
+                            assert [r.pk for r in page.rows] == expected, (level, filters, sort, descending, number)
+                            assert page.total == total
+                            if level == query.STUDY and page.rows:  # parents come loaded with the rows
+                                assert page.rows[0].patient.patient_id.startswith("PAT")
+
+
 def test_htmx_gets_the_results_partial_and_every_hx_get_is_an_href(filled: Any, client: Any) -> None:
     full = client.get("/studies?modality=CT")
     partial = client.get("/studies?modality=CT", headers={"HX-Request": "true"})

@@ -161,9 +161,8 @@ def _list_context(level: str, filters: dict[str, str], sort: str, direction: str
     per = _int_arg("per", 50)
     if per not in PER_PAGE:
         per = 50
-    q = query.order(query.select(level, filters), level, sort, descending=direction == "desc")
-    total = query.count(level, filters)
-    page = query.paginate(q, _int_arg("page", 1), per, total)
+    page = query.list_page(level, filters, sort, descending=direction == "desc", number=_int_arg("page", 1),
+                           size=per)
     return {"results": page, "sort": sort, "dir": direction, "per": per, "per_choices": PER_PAGE,
             "args_with": _args_with, "filtered": not query.is_universal(filters)}
 

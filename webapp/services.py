@@ -44,7 +44,9 @@ class Services:
 
 
     def dicom_badge(self) -> dict[str, str]:
-        """The header's DICOM service badge: ``state`` (up, restarted, restarting, down), ``label``, ``title``.
+        """The DICOM service badge of every page's header: ``state``, ``label`` and ``title``.
+
+        ``state`` is up, restarted, restarting or down.
 
         Under ``dolmen serve`` it reads the supervisor's state, and asks the sidecar for
         ``status`` only after a restart (is the new one answering yet?); without a supervisor
