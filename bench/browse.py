@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time the browse pages of a real ``dolmen serve`` holding 10,000 studies, and a preview.
 
-    .venv/bin/python bench/browse.py [--studies 10000] [--runs 30]
+    .venv/bin/python bench/browse.py [--studies 10000] [--runs 30] [--keep DIR]
 
 1. Indexes ``--studies`` studies (one series, one 8×8 instance each; four studies per patient)
    through the one ingest path (``Ingestor.ingest_bytes``, fsync off: the bench measures pages,
@@ -14,13 +14,15 @@
 4. When ``/usr/sbin/Orthanc`` is installed, times Orthanc's ``GET /instances/<id>/preview`` on
    the same file the same way (``bench/render.py`` times the renderer alone).
 
+Indexing 10,000 studies takes minutes: ``--keep DIR`` keeps the data folder in DIR and a later
+run with the same DIR starts from it.
+
 Targets (issue 3): first page of ``/studies`` under 100 ms; the preview no slower than Orthanc's.
 """
 from __future__ import annotations
 
 import argparse
 import io
-import os
 import shutil
 import statistics
 import sys
@@ -49,8 +51,8 @@ TARGET_MS = 100.0
 STUDIES_PER_PATIENT = 4
 
 
-def populate(data: Path, studies: int) -> str:
-    """Index ``studies`` studies and the 512×512 CT through the ingest path; the CT's public id."""
+def populate(data: Path, studies: int) -> tuple[str, Path]:
+    """Index ``studies`` studies and the 512×512 CT through the ingest path; the CT's id and file."""
     store = Store(data, fsync=False, min_free_mb=0)
     index.open_index(f"sqlite:///{data / 'index.db'}", synchronous_full=False)
     ingestor = Ingestor(store)
@@ -70,7 +72,27 @@ def populate(data: Path, studies: int) -> str:
     result = ingestor.ingest_bytes(ct.read_bytes(), source)
     index.close_index()
     print(f"Indexed {studies} studies in {time.perf_counter() - start:.1f} s")
-    return result.instance_id
+    return result.instance_id, ct
+
+
+def reuse(data: Path, studies: int) -> tuple[str, Path]:
+    """The CT slice of a data folder a previous run kept (public id, stored file); checks the count."""
+    from dicomnode.index import Instance
+    from dicomnode.index import Patient
+    from dicomnode.index import Series
+    from dicomnode.index import Study
+
+    index.open_index(f"sqlite:///{data / 'index.db'}", synchronous_full=False)
+    try:
+        have = Study.select().count() - 1
+        if have != studies:
+            raise SystemExit(f"{data} holds {have} studies, not {studies}: use another --keep folder")
+        ct = (Instance.select(Instance.public_id, Instance.path).join(Series).join(Study).join(Patient)
+              .where(Patient.patient_id == "BENCH").get())
+        print(f"Reusing {have} studies indexed in {data}")
+        return str(ct.public_id), Store(data, fsync=False, min_free_mb=0).path(ct.path)
+    finally:
+        index.close_index()
 
 
 def timed(session: requests.Session, url: str, runs: int,
@@ -100,12 +122,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--studies", type=int, default=10000)
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--keep", type=Path, help="keep the indexed data here and reuse it in later runs")
     args = ap.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="bb-", dir="/tmp"))
+    base = args.keep or Path(tempfile.mkdtemp(prefix="bb-", dir="/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
     server = None
     try:
         data = base / "data"
-        ct_id = populate(data, args.studies)
+        if (data / "index.db").exists():
+            ct_id, ct_file = reuse(data, args.studies)
+        else:
+            ct_id, ct_file = populate(data, args.studies)
         doc = make_config_doc(data, storage={"fsync": False}, log={"level": "WARNING"})
         server = start_dolmen(write_toml(base / "dolmen.toml", doc), base / "dolmen.log")
         session = requests.Session()
@@ -119,7 +146,8 @@ def main() -> int:
             ("/studies htmx partial (HX-Request)", "/studies?name=s*", {"HX-Request": "true"}),
             ("/patients (first page)", "/patients", None),
         ]
-        print(f"dolmen serve with {args.studies} studies; {args.runs} requests each, one kept-alive connection")
+        print(f"dolmen serve with {args.studies} studies; {args.runs} requests each, one kept-alive "
+              "connection")
         first = 0.0
         for label, path, headers in pages:
             median = line(label, timed(session, url + path, args.runs, headers), TARGET_MS)
@@ -128,9 +156,8 @@ def main() -> int:
         dolmen = line("Dolmen GET /instances/{id}/preview.png",
                       timed(session, f"{url}/instances/{ct_id}/preview.png", args.runs))
         if ORTHANC.exists():
-            orthanc_dir = base / "orthanc-bench"
-            orthanc_dir.mkdir()
-            orthanc = bench_orthanc(base / "ct.dcm", orthanc_dir, args.runs)
+            orthanc_dir = Path(tempfile.mkdtemp(prefix="orthanc-", dir=base))
+            orthanc = bench_orthanc(ct_file, orthanc_dir, args.runs)
             if orthanc is not None:
                 print(f"  Orthanc / Dolmen median ratio: {orthanc / dolmen:.2f} (above 1: Dolmen is faster)")
         else:
@@ -139,8 +166,8 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
-        if os.environ.get("KEEP"):
-            print(f"kept {base}")
+        if args.keep:
+            print(f"Data kept in {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
 
