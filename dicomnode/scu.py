@@ -112,6 +112,32 @@ def check_reachable(node: Node, timeout: float = CONNECT_TIMEOUT) -> None:
         ) from None
 
 
+def _not_established(settings: Settings, node: Node, abort_pdu: Any, waited: float) -> RemoteError:
+    """Why an association request that was neither accepted nor rejected failed (PS3.8 9.3.8).
+
+    An A-ABORT from the peer (with its source and reason), a connection closed without an
+    answer, or silence until ``[dicom] acse_timeout``.
+    """
+    who = f"{node.name} ({node.aet} at {node.host}:{node.port})"
+    if abort_pdu is not None:
+        parts = []
+        for attr in ("source_str", "reason_str"):
+            with contextlib.suppress(Exception):
+                text = str(getattr(abort_pdu, attr))
+                if text and "no value" not in text:
+                    parts.append(text)
+        why = f" ({', '.join(parts)})" if parts else ""
+        return RemoteError(f"{who} aborted the association request{why}: it refuses us or the requested "
+                           "SOP classes; its log says why.", code="association_aborted")
+    timeout = settings["dicom.acse_timeout"]
+    if waited >= timeout * 0.9:
+        return RemoteError(f"{who} accepted the connection but did not answer the association request "
+                           f"within {timeout:g} s ([dicom] acse_timeout): is it a DICOM port, and is the "
+                           "service there hung?", code="timeout")
+    return RemoteError(f"{who} closed the connection without answering the association request: is "
+                       f"port {node.port} a DICOM port?", code="association_aborted")
+
+
 def _describe_reject(primitive: Any) -> str:
     if primitive is None:
         return "the association was rejected"
@@ -170,7 +196,13 @@ def associate(
     def on_acse(event: evt.Event) -> None:
         received["primitive"] = getattr(event, "primitive", None)
 
-    handlers = list(evt_handlers or []) + [(evt.EVT_ACSE_RECV, on_acse), (evt.EVT_CONN_OPEN, _no_delay)]
+    def on_pdu(event: evt.Event) -> None:
+        if type(getattr(event, "pdu", None)).__name__ == "A_ABORT_RQ":
+            received["abort"] = event.pdu
+
+    handlers = list(evt_handlers or []) + [(evt.EVT_ACSE_RECV, on_acse), (evt.EVT_PDU_RECV, on_pdu),
+                                           (evt.EVT_CONN_OPEN, _no_delay)]
+    asked = time.monotonic()
     assoc = ae.associate(node.host, node.port, ae_title=node.aet, ext_neg=ext_neg, evt_handlers=handlers)
     if assoc.is_rejected:
         why = _describe_reject(received.get("primitive"))
@@ -187,12 +219,7 @@ def associate(
             code="association_rejected",
         )
     if not assoc.is_established:
-        raise RemoteError(
-            f"{node.name} ({node.aet} at {node.host}:{node.port}) aborted the "
-            "association or did not answer the request (is it a DICOM port? does "
-            "it accept the requested SOP classes?)",
-            code="association_aborted",
-        )
+        raise _not_established(settings, node, received.get("abort"), time.monotonic() - asked)
     try:
         yield assoc
     finally:

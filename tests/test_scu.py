@@ -104,6 +104,65 @@ def test_unknown_host_is_named(settings: config.Settings) -> None:
     assert err.value.code == "unknown_host" and "'no-such-host.invalid'" in err.value.message
 
 
+@pytest.fixture
+def raw_peer() -> Iterator[Any]:
+    """``raw_peer(answer)``: a TCP port whose server reads the association request, then calls
+    ``answer(connection)`` (which may send bytes, close, or do nothing: a silent peer)."""
+    import threading
+
+    servers: list[socket.socket] = []
+    held: list[socket.socket] = []
+
+    def start(answer: Any) -> Node:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        servers.append(server)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                held.append(conn)
+                conn.recv(65536)
+                answer(conn)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return Node("peer", "PEER", "127.0.0.1", server.getsockname()[1], ())
+
+    yield start
+    for sock in servers + held:
+        sock.close()
+
+
+def test_a_silent_peer_is_a_timeout(settings: config.Settings, raw_peer: Any) -> None:
+    node = raw_peer(lambda conn: None)  # reads the A-ASSOCIATE-RQ, never answers
+    with pytest.raises(RemoteError) as err:
+        scu.echo(settings.replace(**{"dicom.acse_timeout": 1.0}), node)
+    assert err.value.code == "timeout"
+    assert "did not answer the association request within 1 s" in err.value.message
+
+
+def test_a_peer_that_closes_the_connection_is_named(settings: config.Settings, raw_peer: Any) -> None:
+    node = raw_peer(lambda conn: conn.close())
+    with pytest.raises(RemoteError) as err:
+        scu.echo(settings, node)
+    assert err.value.code == "association_aborted"
+    assert f"closed the connection without answering the association request: is port {node.port}" in (
+        err.value.message)
+
+
+def test_a_peer_that_aborts_gives_the_abort_source(settings: config.Settings, raw_peer: Any) -> None:
+    # A-ABORT PDU (PS3.8 9.3.8): type 07, length 4, two reserved bytes, source 0 (service-user), reason 0.
+    node = raw_peer(lambda conn: conn.sendall(bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])))
+    with pytest.raises(RemoteError) as err:
+        scu.echo(settings, node)
+    assert err.value.code == "association_aborted"
+    assert "aborted the association request (DUL service-user)" in err.value.message
+
+
 @pytest.fixture(scope="module")
 def strict_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """An Orthanc that checks the called AE title and knows no modality (so refuses us)."""
