@@ -9,7 +9,6 @@ the index file with sqlite3.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import sqlite3
 import subprocess
@@ -28,12 +27,12 @@ from pynetdicom import evt
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
 from dicomnode import demodata
-from tests.conftest import ROOT
 from tests.conftest import Dcmtk
 from tests.conftest import DolmenProcess
 from tests.conftest import free_port
 from tests.conftest import make_config_doc
 from tests.conftest import start_orthanc
+from tests.conftest import start_sidecar
 from tests.conftest import wait_for
 from tests.conftest import write_toml
 
@@ -129,29 +128,6 @@ def viewer(tmp_short: Path, viewer_port: int, pacs: DolmenProcess) -> Iterator[P
     yield folder
     proc.terminate()
     proc.wait(10)
-
-
-def start_sidecar(config: Path, log: Path) -> DolmenProcess:
-    """The DICOM side of Dolmen alone (``python -m dicomnode.sidecar``): no web server is needed
-    here and it starts in a third of the time of ``dolmen serve``."""
-    import sys
-    import tomllib
-
-    doc = tomllib.loads(config.read_text())
-    logf = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "dicomnode.sidecar", "--config", str(config)],
-                            stdout=logf, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT),
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    server = DolmenProcess(proc, config, "", int(doc["dicom"]["port"]), doc["dicom"].get("aet", "DOLMEN"),
-                           Path(doc["storage"]["path"]), log)
-
-    def ready() -> Any:
-        if proc.poll() is not None:
-            raise AssertionError(f"the sidecar exited with {proc.returncode}:\n{log.read_text()}")
-        return server.status().get("port")
-
-    wait_for(ready, timeout=60, what="the sidecar")
-    return server
 
 
 def port_of(server: DolmenProcess, name: str) -> int:
