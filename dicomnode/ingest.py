@@ -272,6 +272,18 @@ class Ingestor:
         except DolmenError as exc:
             LOGGER.info("Rejected object from %s %s %s: %s", source.origin, source.aet, source.ip, exc.message)
             return IngestResult(REJECTED, reason=exc.message, code=exc.code)
+        except RecursionError:
+            # The header readers recurse into sequences: a few hundred levels exhaust Python's
+            # stack (a hostile file nests 10,000). No real object nests that deep.
+            reason = "Sequences nested too deeply to be read: the object was refused"
+            LOGGER.warning("Rejected object from %s %s %s: %s", source.origin, source.aet, source.ip, reason)
+            return IngestResult(REJECTED, reason=reason, code="rejected")
+        except peewee.OperationalError as exc:
+            # The index is locked past its busy timeout, read-only or gone. The file was removed
+            # again (the crash contract): nothing is half-stored, and the sender may retry.
+            reason = f"The index is unavailable ({exc}): nothing was stored, try again later"
+            LOGGER.error("Object from %s %s %s not stored: %s", source.origin, source.aet, source.ip, reason)
+            return IngestResult(REJECTED, reason=reason, code="index_unavailable")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(spool)

@@ -224,7 +224,7 @@ def handle_store(event: evt.Event, ctx: Context) -> int | Dataset:
     (0x0124); Refused: Out of Resources (0xA700) when storage is full; Error: Data Set does
     not match SOP Class (0xA900) when the command and the dataset disagree; Error: Cannot
     understand (0xC000) for an object that cannot be filed. Every error carries an Error
-    Comment with the reason.
+    Comment with the reason; Processing failure (0x0110) when the index is unavailable.
     """
     calling, called, ip = _peer(event)
     # Decided once per association: nodes.access reads the modality table, which costs more
@@ -252,6 +252,8 @@ def handle_store(event: evt.Event, ctx: Context) -> int | Dataset:
     LOGGER.warning("C-STORE from %s at %s rejected: %s", calling, ip, result.reason)
     if result.code == "storage_full":
         return _status(OUT_OF_RESOURCES, result.reason)
+    if result.code == "index_unavailable":
+        return _status(PROCESSING_FAILURE, result.reason)
     if "C-STORE command names" in result.reason:
         return _status(DATASET_MISMATCH, result.reason)
     return _status(CANNOT_UNDERSTAND, result.reason)

@@ -440,6 +440,29 @@ def _create_association(original: Any) -> Any:
     return create_association
 
 
+#: pynetdicom loggers whose records come from decoding what a peer sent.
+PEER_INPUT_LOGGERS = ("pynetdicom.dimse", "pynetdicom.dimse_messages", "pynetdicom.dimse_primitives",
+                      "pynetdicom.dul", "pynetdicom.fsm", "pynetdicom.utils", "pynetdicom.acse",
+                      "pynetdicom.pdu", "pynetdicom.pdu_items", "pynetdicom.pdu_primitives")
+
+
+class PeerInputFilter(logging.Filter):
+    """One escaped line for pynetdicom's complaints about what a peer sent.
+
+    pynetdicom writes the peer's text into its messages as is (a calling AE title with a
+    newline forges a log line) and adds a traceback to some (an over-long UID in a command
+    set): the traceback says nothing the line does not, and our own line names the peer.
+    Handler errors (``pynetdicom.events``, ``pynetdicom.service_class``) keep theirs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = printable(record.getMessage(), 500)
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
 def apply() -> None:
     """Install the hardening (idempotent); after :func:`dicomnode.netpatch.apply`, so that the
     guard around DIMSE decoding wraps netpatch's fast path too."""
@@ -451,6 +474,8 @@ def apply() -> None:
         dul.DULServiceProvider.run_reactor = _run_reactor(dul.DULServiceProvider.run_reactor)  # type: ignore[method-assign]
         provider = dimse.DIMSEServiceProvider
         provider.receive_primitive = _receive_primitive(provider.receive_primitive)  # type: ignore[method-assign]
+        for name in PEER_INPUT_LOGGERS:
+            logging.getLogger(name).addFilter(PeerInputFilter())
         fsm.StateMachine.do_action = _do_action(fsm.StateMachine.do_action)  # type: ignore[method-assign]
         # socketserver listens with a backlog of 5: the sixth of a burst of connections had
         # its SYN dropped and waited a second for the retransmission.

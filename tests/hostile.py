@@ -191,6 +191,57 @@ def store_rq(sop_class: str, sop_instance: str, message_id: int = 1) -> bytes:
                         0x0800: struct.pack("<H", 0x0000), 0x1000: _ui(sop_instance)})
 
 
+def status_of(command: bytes) -> int | None:
+    """(0000,0900) *Status* of an encoded response command set, or ``None``."""
+    pos = 0
+    while pos + 8 <= len(command):
+        group, element, length = struct.unpack_from("<HHL", command, pos)
+        pos += 8
+        if (group, element) == (0, 0x0900) and length == 2:
+            return int(struct.unpack_from("<H", command, pos)[0])
+        pos += length
+    return None
+
+
+def raw_store(port: int, sop_class: str, sop_instance: str, dataset: bytes, transfer_syntax: str,
+              aet: str = KNOWN_AET, max_pdu: int = 16384, timeout: float = 60.0) -> int | None:
+    """C-STORE ``dataset`` (bytes, in ``transfer_syntax``) written PDU by PDU, whatever it holds.
+
+    The command set names ``sop_class`` and ``sop_instance`` (which may disagree with the data
+    set). Returns the response's status, or ``None`` when the server aborted or closed instead.
+    """
+    with RawPeer(port, timeout=timeout) as peer:
+        peer.send(associate_rq(calling=aet, contexts=[presentation_context(1, sop_class, [transfer_syntax])],
+                               max_pdu=max_pdu))
+        answer = peer.read_pdu()
+        if answer is None or answer[0] != 0x02:
+            return None
+        peer.send(p_data((1, 0x03, store_rq(sop_class, sop_instance))))
+        chunk = max_pdu - 6 - 100
+        for start in range(0, max(len(dataset), 1), chunk):
+            last = start + chunk >= len(dataset)
+            try:
+                peer.send(p_data((1, 0x02 if last else 0x00, dataset[start:start + chunk])))
+            except OSError:
+                return None
+        status = None
+        while True:
+            answer = peer.read_pdu()
+            if answer is None or answer[0] != 0x04:
+                return None
+            # One PDV: length, context id, header, command bytes (PS3.8 9.3.5.1, E.2).
+            header = answer[1][5]
+            status = status_of(answer[1][6:]) if header & 1 else None
+            if header & 2:
+                break
+        try:
+            peer.send(release_rq())
+            peer.read_pdu()
+        except OSError:
+            pass
+        return status
+
+
 class RawPeer:
     """A TCP connection to the DICOM port that sends whatever it is given."""
 
@@ -287,6 +338,14 @@ def store(port: int, datasets: Sequence[Dataset], aet: str = KNOWN_AET, called: 
         if assoc.is_established:
             assoc.release()
     return out
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def assert_no_traceback(text: str | bytes, where: str = "answer") -> None:

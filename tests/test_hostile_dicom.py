@@ -35,6 +35,7 @@ from tests.hostile import p_data
 from tests.hostile import pdu
 from tests.hostile import presentation_context
 from tests.hostile import release_rq
+from tests.hostile import rss_kb
 from tests.hostile import small_instance
 from tests.hostile import store_rq
 from tests.hostile import user_information
@@ -102,13 +103,6 @@ def exchange(port: int, *steps: bytes | str, timeout: float = 5.0) -> tuple[list
 
 def types(received: list[tuple[int, bytes]]) -> list[int]:
     return [t for t, _ in received]
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 # -- non-DICOM bytes -------------------------------------------------------------------------------
