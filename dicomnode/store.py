@@ -2,7 +2,8 @@
 
 Layout under the storage root::
 
-    files/ab/cd/abcd....dcm     stored objects; names are random, server-generated
+    files/ab/cd/abcd....dcm     stored objects; names are random, server-generated, and a run
+                                of them shares a folder
     tmp/<owner>/                spool files being received (removed at start-up)
     quarantine/                 files found without an index row that could not be re-indexed
     run/control.sock            the sidecar's control socket
@@ -17,8 +18,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+import secrets
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +38,16 @@ from dicomnode.errors import StorageFull
 LOGGER = logging.getLogger(__name__)
 
 _COPY_CHUNK = 1 << 20
+# Files written into one folder before moving on to another, chosen at random. A new folder
+# costs a mkdir and two more fsyncs (its parent and grandparent must record it): with a new
+# random folder per file, a fresh store paid them for nearly every file. Folders still fill
+# evenly, a run of files at a time.
+FILES_PER_FOLDER = 256
+# Spool files up to this size are fsynced in the background as soon as ingest starts, while
+# the header is parsed; larger ones only once they are known to be kept (an fsync of a copy
+# that turns out to be a duplicate is wasted I/O, which only matters when it is large).
+EARLY_SYNC_MAX = 16 * 1024 * 1024
+SYNC_THREADS = 4
 
 
 class TooLarge(DolmenError):
@@ -41,12 +57,33 @@ class TooLarge(DolmenError):
     http_status = 413
 
 
+def _fsync_file(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A file renamed into the store by :meth:`Store.place`, its folder being fsynced."""
+
+    rel: str
+    folder_synced: Future[None] | None
+
+    def wait(self) -> None:
+        """Return once the file is durable under its name; raise what the fsync raised."""
+        if self.folder_synced is not None:
+            self.folder_synced.result()
 
 
 class Store:
@@ -71,6 +108,11 @@ class Store:
         self.quarantine_dir = self.root / "quarantine"
         for folder in (self.root, self.files, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
+        self._folder_lock = threading.Lock()
+        self._folder_prefix = ""
+        self._folder_left = 0
+        self._made_folders: set[str] = set()  # "ab/cd": folders made durable by this process
+        self._sync_pool: ThreadPoolExecutor | None = None
 
     # -- spooling ---------------------------------------------------------------------------
 
@@ -150,34 +192,93 @@ class Store:
     # -- committing -------------------------------------------------------------------------
 
     def new_relpath(self) -> str:
-        """A fresh relative path ``files/ab/cd/<32 hex>.dcm`` from a random identifier."""
-        name = uuid.uuid4().hex
+        """A fresh relative path ``files/ab/cd/abcd<28 hex>.dcm`` from a random identifier.
+
+        The name is random; ``ab/cd`` are its first four hex digits, which stay the same for
+        a run of :data:`FILES_PER_FOLDER` names.
+        """
+        with self._folder_lock:
+            if self._folder_left <= 0:
+                self._folder_prefix = secrets.token_hex(2)
+                self._folder_left = FILES_PER_FOLDER
+            self._folder_left -= 1
+            prefix = self._folder_prefix
+        name = prefix + secrets.token_hex(14)
         return f"files/{name[:2]}/{name[2:4]}/{name}.dcm"
 
-    def commit(self, spool: str | os.PathLike[str]) -> str:
+    def _make_folder(self, folder: Path) -> None:
+        """Create ``folder`` (``files/ab/cd``) and make its entries durable."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.fsync:
+            _fsync_dir(folder.parent)
+            _fsync_dir(folder.parent.parent)
+        self._made_folders.add(f"{folder.parent.name}/{folder.name}")
+
+    def sync_early(self, spool: str | os.PathLike[str], size: int) -> Future[None] | None:
+        """Start fsyncing a spool file in the background; pass the result to :meth:`commit`.
+
+        Lets the caller parse and check the file while the disk works (an fsync is mostly
+        waiting). ``None`` when there is nothing to start: ``fsync`` is off, or the file is
+        larger than :data:`EARLY_SYNC_MAX`.
+        """
+        if not self.fsync or size > EARLY_SYNC_MAX:
+            return None
+        return self._pool().submit(_fsync_file, spool)
+
+    def commit(self, spool: str | os.PathLike[str], synced: Future[None] | None = None) -> str:
         """Make a spooled file durable under a new server-generated name; return its relative path.
 
-        fsync the file, rename it into ``files/``, fsync the folder. The caller commits the
-        index row afterwards and removes the file with :meth:`delete` if that fails.
+        fsync the file (or wait for the fsync ``synced`` from :meth:`sync_early`), rename it
+        into ``files/``, fsync the folder. The caller commits the index row afterwards and
+        removes the file with :meth:`delete` if that fails.
+        """
+        placed = self.place(spool, synced)
+        placed.wait()
+        return placed.rel
+
+    def place(self, spool: str | os.PathLike[str], synced: Future[None] | None = None) -> Placed:
+        """:meth:`commit`, except that the folder's fsync runs in the background.
+
+        The file is durable under its new name once :meth:`Placed.wait` returns: the caller
+        prepares its index rows meanwhile and commits them only after that (the crash
+        contract), or removes the file with :meth:`delete`.
         """
         rel = self.new_relpath()
         final = self.root / rel
         folder = final.parent
-        if not folder.is_dir():
-            folder.mkdir(parents=True, exist_ok=True)
-            if self.fsync:
-                _fsync_dir(folder.parent)
-                _fsync_dir(folder.parent.parent)
-        if self.fsync:
-            fd = os.open(spool, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.rename(spool, final)
-        if self.fsync:
-            _fsync_dir(folder)
-        return rel
+        if rel[6:11] not in self._made_folders:  # "ab/cd" of "files/ab/cd/<name>.dcm"
+            # Even when the folder exists, its entries may not be durable yet (it may come
+            # from a run that crashed): fsync them once per folder and process.
+            self._make_folder(folder)
+        if synced is not None:
+            synced.result()  # raises what the fsync raised
+        elif self.fsync:
+            _fsync_file(spool)
+        try:
+            os.rename(spool, final)
+        except FileNotFoundError:
+            if not os.path.exists(spool):
+                raise
+            self._make_folder(folder)  # removed behind our back
+            os.rename(spool, final)
+        return Placed(rel, self._pool().submit(_fsync_dir, folder) if self.fsync else None)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._sync_pool is None:
+            with self._folder_lock:
+                if self._sync_pool is None:
+                    self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
+        return self._sync_pool
+
+    def close(self) -> None:
+        """Stop the background fsync threads once the fsyncs under way are done.
+
+        The store stays usable: a later :meth:`place` starts new threads.
+        """
+        with self._folder_lock:
+            pool, self._sync_pool = self._sync_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     # -- reading and deleting ---------------------------------------------------------------
 

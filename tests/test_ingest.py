@@ -5,6 +5,7 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -26,7 +27,9 @@ from dicomnode.store import Store
 @pytest.fixture
 def store(tmp_path: Path, index_url: str) -> Iterator[Store]:
     index.open_index(index_url)
-    yield Store(tmp_path / "data")
+    store = Store(tmp_path / "data")
+    yield store
+    store.close()
     index.close_index()
 
 
@@ -192,3 +195,105 @@ def test_pydicom_test_file_imports(store: Store) -> None:
         result = ing.ingest_copy(get_testdata_file(name), Source("import"))
         assert result.status == "stored", (name, result.reason)
     assert Instance.select().count() == 5
+
+
+# -- the crash contract's order, with the fsyncs in the background ------------------------------
+
+class _Trace:
+    """Records the store's fsyncs, renames and index commits, in the order they complete."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from dicomnode import store as store_module
+
+        self.events: list[tuple[str, str]] = []
+        self.fail: set[str] = set()  # "file", "dir": make that fsync raise
+        fsync_file, fsync_dir, rename = store_module._fsync_file, store_module._fsync_dir, os.rename
+        database = index.db.obj
+        commit = database.commit
+
+        def traced_fsync_file(path: str | os.PathLike[str]) -> None:
+            fsync_file(path)
+            if "file" in self.fail:
+                raise OSError(5, "Input/output error (injected)")
+            self.events.append(("fsync file", str(path)))
+
+        def traced_fsync_dir(path: str | os.PathLike[str]) -> None:
+            fsync_dir(path)
+            if "dir" in self.fail and any(name.endswith(".dcm") for name in os.listdir(path)):
+                raise OSError(5, "Input/output error (injected)")
+            self.events.append(("fsync dir", str(path)))
+
+        def traced_rename(src: Any, dst: Any) -> None:
+            rename(src, dst)
+            self.events.append(("rename", str(dst)))
+
+        def traced_commit(*args: Any, **kwargs: Any) -> Any:
+            self.events.append(("commit", ""))
+            return commit(*args, **kwargs)
+
+        monkeypatch.setattr(store_module, "_fsync_file", traced_fsync_file)
+        monkeypatch.setattr(store_module, "_fsync_dir", traced_fsync_dir)
+        monkeypatch.setattr(store_module.os, "rename", traced_rename)
+        monkeypatch.setattr(database, "commit", traced_commit)
+
+
+def test_contract_order_file_fsync_rename_folder_fsync_commit(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = _Trace(monkeypatch)
+    ing = Ingestor(store)
+    for i in range(3):
+        trace.events.clear()
+        result = ing.ingest_bytes(_bytes(demodata.make_instance(1, 0, 0, i, 16)), Source())
+        assert result.status == "stored"
+        final = store.root / Instance.get(Instance.public_id == result.instance_id).path
+        kinds = [kind for kind, _ in trace.events]
+        spool_synced = kinds.index("fsync file")
+        renamed = trace.events.index(("rename", str(final)))
+        folder_synced = trace.events.index(("fsync dir", str(final.parent)), renamed)
+        committed = kinds.index("commit", renamed)
+        assert spool_synced < renamed < folder_synced < committed, trace.events
+        assert "commit" not in kinds[:renamed]
+
+
+@pytest.mark.parametrize("failing", ["file", "dir"])
+def test_failed_fsync_leaves_no_row_and_no_file(store: Store, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    ing = Ingestor(store)
+    assert ing.ingest_bytes(_bytes(demodata.make_instance(1, 0, 0, 0, 16)), Source()).status == "stored"
+    trace = _Trace(monkeypatch)
+    trace.fail.add(failing)
+    with pytest.raises(OSError, match="injected"):
+        ing.ingest_bytes(_bytes(demodata.make_instance(1, 0, 0, 1, 16)), Source())
+    assert "commit" not in [kind for kind, _ in trace.events]
+    assert Instance.select().count() == 1 and len(_files(store)) == 1
+    assert Series.get().num_instances == 1 and Patient.get().num_instances == 1
+    assert _spool_empty(store)
+    trace.fail.clear()  # the store keeps working
+    assert ing.ingest_bytes(_bytes(demodata.make_instance(1, 0, 0, 2, 16)), Source()).status == "stored"
+    assert Instance.select().count() == 2 and len(_files(store)) == 2
+
+
+def test_a_run_of_files_shares_a_folder_and_a_removed_folder_is_made_again(store: Store) -> None:
+    ing = Ingestor(store)
+    for i in range(2):
+        assert ing.ingest_bytes(_bytes(demodata.make_instance(1, 0, 0, i, 16)), Source()).ok
+    paths = [inst.path for inst in Instance.select()]
+    folder = (store.root / paths[0]).parent
+    assert {(store.root / p).parent for p in paths} == {folder}
+    for p in paths:
+        os.unlink(store.root / p)
+    os.rmdir(folder)
+    os.rmdir(folder.parent)
+    result = ing.ingest_bytes(_bytes(demodata.make_instance(1, 0, 0, 2, 16)), Source())
+    assert result.status == "stored"
+    assert (store.root / Instance.get(Instance.public_id == result.instance_id).path).is_file()
+
+
+def test_close_stops_the_fsync_threads_and_the_store_stays_usable(store: Store) -> None:
+    ing = Ingestor(store)
+    assert ing.ingest_bytes(_bytes(demodata.make_instance(1, 0, 0, 0, 16)), Source()).ok
+    assert store._sync_pool is not None
+    threads = list(store._sync_pool._threads)
+    assert threads and all(t.is_alive() for t in threads)
+    store.close()
+    assert not any(t.is_alive() for t in threads)
+    assert ing.ingest_bytes(_bytes(demodata.make_instance(1, 0, 0, 1, 16)), Source()).ok
+    store.close()
