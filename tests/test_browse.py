@@ -264,6 +264,22 @@ def test_patient_study_series_pages_show_modules_and_children(filled: Any, clien
     assert all(t.select_one("img")["loading"] == "lazy" for t in tiles)
 
 
+def test_modules_say_what_they_hold_and_name_uids(filled: Any, client: Any) -> None:
+    def values(page: BeautifulSoup, module: int) -> dict[str, str]:
+        dl = page.select(".side .module")[module].select_one("dl")
+        return {dt.get_text(strip=True): dd.get_text(" ", strip=True) for dt, dd in zip(dl.select("dt"), dl.select("dd"))}
+
+    with filled.app_context():
+        study = one(Patient, Patient.patient_id == "PAT00001").studies.get()
+        inst = Instance.select().join(Series).where(Series.study == study.pk).first()
+    page = soup(client.get(f"/instances/{inst.public_id}"))
+    assert values(page, 1)["Holds"].startswith("2 series · 10 instances · ")
+    assert values(page, 2)["Holds"].startswith("5 instances · ")
+    instance = values(page, 3)
+    assert instance["SOP class"] == "CT Image Storage 1.2.840.10008.5.1.4.1.1.2"
+    assert instance["Transfer syntax"] == "Explicit VR Little Endian 1.2.840.10008.1.2.1"
+
+
 def test_series_grid_is_in_instance_number_order(app: Any, client: Any, short_tmp: Path) -> None:
     paths = []
     for n, number in enumerate([10, 2, 33, 1]):
@@ -397,6 +413,7 @@ def test_file_download_and_pdf(filled: Any, client: Any, extra_files: dict[str, 
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     page = soup(client.get(f"/instances/{pdf.public_id}"))
     assert page.select_one("#viewer .pdf-box a")["href"] == f"/instances/{pdf.public_id}/pdf"
+    assert page.select(".crumbs a")[-1].get_text(strip=True) == "DOC"  # no '#' before a missing series number
     document = client.get(f"/instances/{pdf.public_id}/pdf")
     assert document.mimetype == "application/pdf" and document.data == browse_data.PDF
     assert document.headers["Content-Disposition"].startswith("inline")

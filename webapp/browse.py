@@ -96,6 +96,14 @@ def person(value: str | None) -> str:
     return family or given
 
 
+@bp.app_template_filter("uid_name")
+def uid_name(value: str | None) -> str:
+    """The registered name of a UID (``CT Image Storage``), or ``""`` when it has none."""
+    uid = pydicom.uid.UID((value or "").strip())
+    name = uid.name if uid else ""
+    return "" if name == str(uid) else name
+
+
 @bp.app_template_filter("multi")
 def multi(value: str | None) -> list[str]:
     """A backslash-separated value as a list (``CT\\MR`` → ``["CT", "MR"]``)."""
@@ -502,8 +510,8 @@ def _title(level: str, row: Any) -> str:
     if level == "study":
         return f"{dicom_date(row.study_date)} {row.study_description or '(no description)'}".strip()
     if level == "series":
-        return f"#{row.series_number if row.series_number is not None else ''} {row.modality} " \
-               f"{row.series_description}".strip()
+        number = f"#{row.series_number} " if row.series_number is not None else ""
+        return f"{number}{row.modality} {row.series_description}".strip()
     return f"#{row.instance_number if row.instance_number is not None else ''}".strip()
 
 
