@@ -5,7 +5,11 @@ Starts a real ``dolmen serve`` on free ports and, when /usr/sbin/Orthanc exists,
 the same data in the same run, and prints instances/s for each and the ratio. DCMTK and
 Orthanc run with TCP_NODELAY=1 (else both wait ~40 ms per message on Nagle's algorithm).
 
-    .venv/bin/python bench/ingest.py [--instances 1000] [--size 256] [--big-mb 0]
+    .venv/bin/python bench/ingest.py [--instances 1000] [--size 256] [--rounds 1] [--big-mb 0]
+
+With ``--rounds N`` each server receives N sets of new instances (other patients), Dolmen
+and Orthanc taking turns, so that a busy machine slows both alike; the median of the
+rounds is printed.
 
 ``--big-mb 2048`` also sends a study of that many MiB (in 512 MiB multi-frame objects) and
 prints the sidecar's peak RSS while it receives it.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +61,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--big-mb", type=int, default=0)
     ap.add_argument("--fsync", choices=("on", "off"), default="on")
     args = ap.parse_args()
@@ -64,23 +70,44 @@ def main() -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="bi-", dir="/tmp"))
     try:
-        data = tmp / "data"
         per_series = min(args.instances, 500)
-        demodata.write(data, patients=1, studies=1, series=max(1, args.instances // per_series),
-                       instances=per_series, size=args.size)
-        n = len(list(data.rglob("*.dcm")))
-        mb = sum(p.stat().st_size for p in data.rglob("*.dcm")) / 1e6
-        print(f"data: {n} instances of {args.size}x{args.size}, {mb:.0f} MB")
+        sets = []
+        for r in range(args.rounds):
+            data = tmp / f"data{r}"
+            demodata.write(data, patients=1, studies=1, series=max(1, args.instances // per_series),
+                           instances=per_series, size=args.size, first_patient=r)
+            sets.append(data)
+        n = len(list(sets[0].rglob("*.dcm")))
+        mb = sum(p.stat().st_size for p in sets[0].rglob("*.dcm")) / 1e6
+        print(f"data: {args.rounds} set(s) of {n} instances of {args.size}x{args.size}, {mb:.0f} MB each")
 
         doc = make_config_doc(tmp / "dolmen", storage={"fsync": args.fsync == "on", "min_free_mb": 0},
                               log={"level": "WARNING"})
         server = start_dolmen(write_toml(tmp / "dolmen.toml", doc), tmp / "dolmen.log")
+        orthanc = start_orthanc(tmp / "orthanc", "ORTHANC") if os.path.exists("/usr/sbin/Orthanc") else None
+        rates: dict[str, list[float]] = {"Dolmen": [], "Orthanc": []}
         try:
-            elapsed = storescu("DOLMEN", server.dicom_port, data)
-            dolmen_rate = n / elapsed
-            print(f"Dolmen : {n} instances in {elapsed:.2f} s = {dolmen_rate:.0f} instances/s (fsync {args.fsync})")
+            for r, data in enumerate(sets):
+                elapsed = storescu("DOLMEN", server.dicom_port, data)
+                rates["Dolmen"].append(n / elapsed)
+                print(f"round {r + 1}: Dolmen : {n} instances in {elapsed:.2f} s = {n / elapsed:.0f} instances/s "
+                      f"(fsync {args.fsync})")
+                if orthanc is not None:
+                    elapsed = storescu("ORTHANC", orthanc.dicom_port, data)
+                    rates["Orthanc"].append(n / elapsed)
+                    print(f"round {r + 1}: Orthanc: {n} instances in {elapsed:.2f} s = {n / elapsed:.0f} instances/s")
             count = server.get("/api/statistics").json()["CountInstances"]
-            assert count == n, f"Dolmen indexed {count} of {n}"
+            assert count == n * args.rounds, f"Dolmen indexed {count} of {n * args.rounds}"
+            dolmen_rate = statistics.median(rates["Dolmen"])
+            print(f"Dolmen : {dolmen_rate:.0f} instances/s (median of {args.rounds})")
+            if orthanc is not None:
+                orthanc_rate = statistics.median(rates["Orthanc"])
+                print(f"Orthanc: {orthanc_rate:.0f} instances/s (median of {args.rounds})")
+                ratios = [d / o for d, o in zip(rates["Dolmen"], rates["Orthanc"])]
+                print(f"ratio Dolmen/Orthanc: {dolmen_rate / orthanc_rate:.2f} "
+                      f"(per round: {', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f})")
+            else:
+                print("Orthanc not installed: no comparison")
             if args.big_mb:
                 big = tmp / "big"
                 for k in range(max(1, args.big_mb // 512)):
@@ -103,18 +130,8 @@ def main() -> int:
                       f"sidecar peak RSS {peak[0]:.0f} MB")
         finally:
             server.stop()
-
-        if os.path.exists("/usr/sbin/Orthanc"):
-            orthanc = start_orthanc(tmp / "orthanc", "ORTHANC")
-            try:
-                elapsed = storescu("ORTHANC", orthanc.dicom_port, data)
-                orthanc_rate = n / elapsed
-                print(f"Orthanc: {n} instances in {elapsed:.2f} s = {orthanc_rate:.0f} instances/s")
-                print(f"ratio Dolmen/Orthanc: {dolmen_rate / orthanc_rate:.2f}")
-            finally:
+            if orthanc is not None:
                 orthanc.stop()
-        else:
-            print("Orthanc not installed: no comparison")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
