@@ -276,10 +276,10 @@ def transcode(path: str | os.PathLike[str], transfer_syntax: str) -> bytes:
         When the pixel data cannot be decoded (no codec) or the file cannot be re-encoded.
     """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        source = UID(str(ds.file_meta.TransferSyntaxUID))
+        head = pydicom.dcmread(path, stop_before_pixels=True)
+        source = UID(str(head.file_meta.TransferSyntaxUID))
         # Compressed frames decode through the renderer's guards, in its worker processes.
-        ds = render.decompressed(path) if source.is_compressed else pydicom.dcmread(path)
+        ds: Dataset = render.decompressed(path) if source.is_compressed else pydicom.dcmread(path)
         if source == EXPLICIT_BE and "PixelData" in ds and int(ds.get("BitsAllocated", 8)) > 8:
             raise DolmenError("big endian pixel data is not converted")
         ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
@@ -1030,12 +1030,18 @@ def _failure_code(result: IngestResult) -> int:
     return PROCESSING_FAILURE
 
 
+#: Parts one STOW-RS request may hold (a batch of more instances is split by the client).
+MAX_STOW_PARTS = 10_000
+
+
 def stow(ingestor: Ingestor, stream: BinaryIO | Any, content_type: str, base: str, source: Source,
          study_uid: str | None = None) -> StowResult:
     """Store each ``application/dicom`` part of a STOW-RS body through the one ingest path.
 
     Status (PS3.18 Table 10.5.3-1): 200 when every instance is stored (or already was), 202
-    when some failed, 409 when none could be stored; 400 for a body without any part.
+    when some failed, 409 when none could be stored; 400 for a body without any part; 413 for a
+    body of more than :data:`MAX_STOW_PARTS` parts (the first ones are stored and listed, the
+    rest is not read).
     Failure reasons (PS3.18 Table I.2-2): 0xA700 out of resources (storage full, object too
     large), 0xC000 cannot understand (not DICOM, missing or invalid UIDs, a SOP Instance UID
     already filed in another study), 0xC409 the instance belongs to another study than the
@@ -1051,7 +1057,14 @@ def stow(ingestor: Ingestor, stream: BinaryIO | Any, content_type: str, base: st
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     studies: set[str] = set()
-    for part in MultipartReader(stream, boundary):
+    too_many = False
+    for count, part in enumerate(MultipartReader(stream, boundary), 1):
+        if count > MAX_STOW_PARTS:
+            # The rest of the body is not read: each part costs a spool file and a parse.
+            too_many = True
+            LOGGER.warning("STOW-RS from %s stopped after %d parts (at most %d per request)",
+                           source.ip or "?", MAX_STOW_PARTS, MAX_STOW_PARTS)
+            break
         kind = parse_media_type(part.content_type).type if part.content_type else "application/dicom"
         if kind != "application/dicom":
             failed.append(_sop_item("", "", CANNOT_UNDERSTAND))
@@ -1093,6 +1106,8 @@ def stow(ingestor: Ingestor, stream: BinaryIO | Any, content_type: str, base: st
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
     status = 200 if not failed else (202 if referenced else 409)
+    if too_many:
+        status = 413  # what came before the limit is stored and listed
     return StowResult(status, body, len(referenced), len(failed))
 
 

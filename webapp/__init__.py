@@ -117,6 +117,24 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
                 "current_user": current_user() if settings.users else None,
                 "dicom_badge": app.extensions["dolmen"].dicom_badge}
 
+    @app.before_request
+    def _body_limits() -> None:
+        from flask import request
+        from werkzeug.exceptions import UnsupportedMediaType
+
+        # Nothing here decodes a compressed request body: refuse one rather than take a gzip
+        # stream (a bomb, perhaps) for the DICOM or form data it claims to carry.
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            raise UnsupportedMediaType(f"Content-Encoding {encoding[:32]!r} is not accepted: send the body "
+                                       "uncompressed")
+        # Bodies parsed in memory at once (URL-encoded forms, JSON) get the form field limit, not
+        # max_upload_mb: werkzeug applies MAX_FORM_MEMORY_SIZE to multipart fields only, so a
+        # 2 GiB URL-encoded POST to /login would otherwise be read into memory.
+        if request.mimetype in ("application/x-www-form-urlencoded", "application/json") or (
+                request.mimetype.startswith("text/")):
+            request.max_content_length = app.config["MAX_FORM_MEMORY_SIZE"]
+
     @app.after_request
     def _headers(response: Any) -> Any:
         response.headers.setdefault("Content-Security-Policy", CSP)
