@@ -300,13 +300,21 @@ def transcode(path: str | os.PathLike[str], transfer_syntax: str) -> bytes:
 def instances(study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[Instance]:
     """The instances of a study, a series or one instance, in series and instance order.
 
+    Each row holds its ``path``, ``sop_instance_uid``, ``transfer_syntax_uid`` and
+    ``number_of_frames``, ``series.series_instance_uid`` and ``series.study.study_instance_uid``.
+
     Raises
     ------
     NotFound
         When nothing matches, naming what was looked for.
     """
-    rows = (Instance.select(Instance, Series, Study).join(Series).join(Study)
-            .where(Study.study_instance_uid == study_uid))
+    # Only the columns the WADO-RS answers use: a whole Instance, Series and Study per row
+    # took longer to build than the query (a tenth of a 1,000-instance retrieve).
+    rows = (Instance.select(Instance.pk, Instance.path, Instance.sop_instance_uid,
+                            Instance.transfer_syntax_uid, Instance.number_of_frames, Instance.series,
+                            Series.pk, Series.series_instance_uid, Series.study, Study.pk,
+                            Study.study_instance_uid)
+            .join(Series).join(Study).where(Study.study_instance_uid == study_uid))
     if series_uid is not None:
         rows = rows.where(Series.series_instance_uid == series_uid)
     if sop_uid is not None:

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import os
 import uuid
+from bisect import bisect_right
 from collections.abc import Iterable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
+from itertools import chain
 from typing import IO
 from typing import Any
 from typing import BinaryIO
 
 from dicomnode.errors import DolmenError
 
-#: Bytes read from a file or a stream at a time.
+#: Bytes read from a file or a stream, and of a multipart body written, at a time.
 CHUNK = 1 << 20
 
 #: Longest header block of one part; more is refused (a malformed or hostile body).
@@ -194,13 +196,118 @@ def _body(part: Part) -> Iterator[bytes]:
         yield from part.body
 
 
-def write_parts(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
-    """The bytes of a ``multipart/related`` body made of ``parts``, as they are produced."""
+def write_parts(parts: Iterable[Part], boundary: str, min_write: int = CHUNK) -> Iterator[bytes]:
+    """The bytes of a ``multipart/related`` body made of ``parts``, as they are produced.
+
+    Pieces are gathered up to ``min_write`` bytes: a part's head and the CRLF after its body
+    would otherwise each be a write, and a send, of their own (three per instance of a study).
+    """
+    pending: list[bytes] = []
+    size = 0
     for part in parts:
-        yield part.head(boundary)
-        yield from _body(part)
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode("ascii")
+        for piece in chain((part.head(boundary),), _body(part), (b"\r\n",)):
+            if len(piece) > 4 * min_write:  # a large body in one piece (transcoded): not copied
+                if pending:
+                    yield b"".join(pending)
+                    pending, size = [], 0
+                yield piece
+                continue
+            pending.append(piece)
+            size += len(piece)
+            if size >= min_write:
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                pending, size = [], 0
+    pending.append(f"--{boundary}--\r\n".encode("ascii"))
+    yield b"".join(pending)
+
+
+class MultipartFile:
+    """A ``multipart/related`` body of parts whose bodies are files or bytes, as a read-only,
+    seekable file, so that a web server can send it straight from the files
+    (``wsgi.file_wrapper``) with a Content-Length known before a byte is read.
+
+    :meth:`read` returns at most the rest of one segment (the bytes between two files, or a
+    file), so that nothing is copied to join them; one file is open at a time.
+
+    Raises
+    ------
+    OSError
+        From :meth:`read`, when a file is shorter than it was when the body was made.
+    """
+
+    def __init__(self, parts: Iterable[Part], boundary: str) -> None:
+        self._segments: list[bytes | str | os.PathLike[str]] = []
+        self._starts: list[int] = []
+        self._sizes: list[int] = []
+        pending = b""
+        for part in parts:
+            pending += part.head(boundary)
+            if isinstance(part.body, bytes):
+                pending += part.body + b"\r\n"
+                continue
+            if not isinstance(part.body, (str, os.PathLike)):
+                raise TypeError("a MultipartFile holds parts whose bodies are files or bytes")
+            self._add(pending)
+            self._add(part.body, os.path.getsize(part.body))
+            pending = b"\r\n"
+        self._add(pending + f"--{boundary}--\r\n".encode("ascii"))
+        self.size = self._starts[-1] + self._sizes[-1]
+        self._pos = 0
+        self._file: tuple[int, BinaryIO] | None = None
+
+    def _add(self, segment: bytes | str | os.PathLike[str], size: int | None = None) -> None:
+        length = len(segment) if isinstance(segment, bytes) else int(size or 0)
+        if length:
+            self._starts.append(self._starts[-1] + self._sizes[-1] if self._starts else 0)
+            self._sizes.append(length)
+            self._segments.append(segment)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        if self._pos >= self.size:
+            return b""
+        n = bisect_right(self._starts, self._pos) - 1
+        within = self._pos - self._starts[n]
+        count = self._sizes[n] - within if size < 0 else min(size, self._sizes[n] - within)
+        segment = self._segments[n]
+        if isinstance(segment, bytes):
+            data = segment[within:within + count]
+        else:
+            if self._file is None or self._file[0] != n:
+                self._close_file()
+                self._file = (n, open(segment, "rb"))  # noqa: SIM115 - closed by _close_file
+            f = self._file[1]
+            if f.tell() != within:
+                f.seek(within)
+            data = f.read(count)
+            if len(data) < count:
+                raise OSError(f"{segment} is shorter than when the answer began")
+        self._pos += len(data)
+        return data
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file[1].close()
+            self._file = None
+
+    def close(self) -> None:
+        self._close_file()
 
 
 def body_size(parts: Iterable[Part], boundary: str) -> int | None:

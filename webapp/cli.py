@@ -17,6 +17,8 @@ from dicomnode import config
 from dicomnode.errors import DolmenError
 
 LOGGER = logging.getLogger("dolmen")
+#: Bytes of a response waitress buffers per connection before the writing thread waits.
+OUTBUF_HIGH_WATERMARK = 4 * 1024 * 1024
 
 
 def _settings(path: str | None) -> config.Settings:
@@ -65,7 +67,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = create_server(app, host=settings["http.host"], port=settings["http.port"],
                                threads=settings["http.threads"], ident="Dolmen",
                                max_request_body_size=settings["http.max_upload_mb"] * 1024 * 1024,
-                               clear_untrusted_proxy_headers=True)
+                               clear_untrusted_proxy_headers=True,
+                               # A response streamed faster than the client reads it waits in
+                               # memory, never in a temporary file (waitress spills a buffer to
+                               # disk past outbuf_overflow, 1 MiB by default); the task thread
+                               # blocks past the watermark, so each connection holds ~4 MiB.
+                               outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
+                               outbuf_overflow=2 * OUTBUF_HIGH_WATERMARK)
     except OSError as exc:
         supervisor.stop()
         print(f"dolmen: cannot listen on {settings['http.host']}:{settings['http.port']}: {exc.strerror}",

@@ -19,6 +19,7 @@ from flask import request
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import wrap_file
 
 from dicomnode import dicomweb_server as dw
 from dicomnode import query
@@ -26,6 +27,8 @@ from dicomnode.errors import DolmenError
 from dicomnode.errors import NotFound
 from dicomnode.errors import RenderError
 from dicomnode.ingest import Source
+from dicomnode.multipart import CHUNK
+from dicomnode.multipart import MultipartFile
 from dicomnode.multipart import Part
 from dicomnode.multipart import content_type
 from dicomnode.multipart import new_boundary
@@ -77,8 +80,19 @@ def _json(doc: Any, status: int = 200, warnings: Iterable[str] = ()) -> Response
 
 def _multipart(parts: Iterable[Part], media_type: str, **params: str) -> Response:
     boundary = new_boundary()
-    return Response(write_parts(parts, boundary), content_type=content_type(media_type, boundary, **params),
-                    direct_passthrough=True)
+    return Response(write_parts(parts, boundary), direct_passthrough=True,
+                    content_type=content_type(media_type, boundary, **params))
+
+
+def _multipart_files(parts: Iterable[Part], media_type: str) -> Response:
+    """A multipart answer of files sent as stored: the web server sends it from the files
+    (``wsgi.file_wrapper``) with its Content-Length, without a copy through the app."""
+    boundary = new_boundary()
+    body = MultipartFile(parts, boundary)
+    response = Response(wrap_file(request.environ, body, CHUNK), direct_passthrough=True,
+                        content_type=content_type(media_type, boundary))
+    response.content_length = body.size
+    return response
 
 
 # -- errors: JSON whatever the root ---------------------------------------------------------------
@@ -162,6 +176,9 @@ def _retrieve(study: str, series: str | None = None, instance: str | None = None
             raise NotFound("The file of this instance is missing from the store")
         body = part.body if isinstance(part.body, bytes) else read_file(part.body)
         return Response(body, content_type=part.content_type, direct_passthrough=True)
+    wanted = choice.transfer_syntax
+    if wanted == "*" or all(r.transfer_syntax_uid == wanted for r in rows):
+        return _multipart_files(parts, "application/dicom")  # no transcoding: files as they are
     return _multipart(parts, "application/dicom")
 
 
