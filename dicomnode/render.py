@@ -312,7 +312,7 @@ def render(
         raise ValueError(f"JPEG quality must be between 1 and 100 (got {quality})")
 
     start = time.perf_counter()
-    with _open(source) as src:
+    with _open(source) as src, _malformed():
         if src.pixel_keyword is None:
             raise RenderError(_no_image_message(src.ds))
         module = _check_pixel_module(src, frame)
@@ -358,7 +358,7 @@ def decode_frame(source: str | os.PathLike[str] | Dataset, *, frame: int = 0) ->
     RenderError
         As :func:`render`.
     """
-    with _open(source) as src:
+    with _open(source) as src, _malformed():
         if src.pixel_keyword is None:
             raise RenderError(_no_image_message(src.ds))
         module = _check_pixel_module(src, frame)
@@ -392,7 +392,7 @@ def decompressed(path: str | os.PathLike[str]) -> Dataset:
     RenderError
         When a frame cannot be decoded, or the pixel module is inconsistent or too large.
     """
-    with _open(path) as src:
+    with _open(path) as src, _malformed():
         if src.pixel_keyword is None:
             raise RenderError(_no_image_message(src.ds))
         module = _check_pixel_module(src, 0)
@@ -523,6 +523,25 @@ def _decode_pool() -> decodepool.DecodePool | None:
 
 
 # --------------------------------------------------------------------------- opening
+
+
+@contextmanager
+def _malformed() -> Iterator[None]:
+    """Turn what a malformed data set raises on first access into a RenderError.
+
+    pydicom converts each element when it is first read, so any attribute access may raise
+    on a hostile file (an unknown VR, a value of the wrong length). The guards name the
+    cases they know; this catches the rest, with the code ``render_unexpected`` (the
+    fuzzing harness counts those as findings, to be given a message of their own).
+    """
+    try:
+        yield
+    except RenderError:
+        raise
+    except Exception as exc:
+        LOGGER.warning("Rendering stopped on an unexpected %s: %s", type(exc).__name__, _first_line(exc))
+        message = f"This file cannot be rendered: {_first_line(exc)}"
+        raise RenderError(message, code="render_unexpected") from exc
 
 
 @contextmanager
@@ -676,9 +695,19 @@ def _source_from_dataset(ds: Dataset) -> _Source:
 def _transfer_syntax(ds: Dataset) -> UID:
     """Return the transfer syntax of `ds`, guessed from its encoding without meta."""
     file_meta = getattr(ds, "file_meta", None)
-    value = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    try:
+        value = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    except Exception as exc:  # an undecodable raw value
+        raise RenderError(
+            "The file meta is malformed: (0002,0010) Transfer Syntax UID is unreadable"
+        ) from exc
     if value:
-        return UID(str(value))
+        uid = UID(str(value).strip("\0 "))
+        if not uid.is_transfer_syntax:  # pydicom's properties raise ValueError on any other UID
+            raise RenderError(
+                f"The transfer syntax {str(uid)[:64]!r} is unknown: this file cannot be decoded"
+            )
+        return uid
     encoding = ds.original_encoding
     if encoding == (True, True):
         return ImplicitVRLittleEndian
@@ -691,7 +720,10 @@ def _transfer_syntax(ds: Dataset) -> UID:
 
 def _no_image_message(ds: Dataset) -> str:
     """Explain that an instance has no pixel data, naming its SOP class."""
-    sop_class = ds.get("SOPClassUID")
+    try:
+        sop_class = ds.get("SOPClassUID")
+    except Exception:  # noqa: BLE001 - an undecodable raw value (a VR pydicom does not know)
+        sop_class = None
     if sop_class:
         uid = UID(str(sop_class))
         name = uid.name

@@ -498,3 +498,24 @@ def test_decompressed_matches_pydicom(name: str) -> None:
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert ds.PhotometricInterpretation == reference.PhotometricInterpretation
     assert np.array_equal(ds.pixel_array, reference.pixel_array)
+
+
+def test_fuzz_findings_are_render_errors(tmp_path: Path) -> None:
+    """Found by tests/fuzz/fuzz_dicom.py: a UID that is no transfer syntax in the file meta
+    (pydicom's properties raised ValueError), and an SOP Class UID element with a VR pydicom
+    does not know (NotImplementedError on first access)."""
+    data = encode(small_instance(short_uid(), size=8))
+    assert data.count(b"1.2.840.10008.1.2.1\0") == 1  # (0002,0010), Explicit VR Little Endian
+    path = tmp_path / "ts.dcm"
+    path.write_bytes(data.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.5.1.4\0"))
+    with pytest.raises(RenderError, match="transfer syntax '1.2.840.10008.5.1.4' is unknown"):
+        render.render(path)
+    ds = small_instance(short_uid(), size=8)
+    del ds.PixelData
+    data = bytearray(encode(ds))
+    at = data.index(b"\x08\x00\x16\x00UI")  # (0008,0016) SOP Class UID, explicit VR
+    data[at + 4 : at + 6] = b"U4"
+    path.write_bytes(bytes(data))
+    with pytest.raises(RenderError) as caught:
+        render.render(path)
+    assert caught.value.code == "render_error"  # a message of its own, not the safety net
