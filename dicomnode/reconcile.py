@@ -31,13 +31,24 @@ class Report:
     missing_files: int = 0
 
 
-def run(store: Store, ingestor: Ingestor, *, spool_owners: tuple[str, ...] | None = None) -> Report:
+def _has_row(rel: str) -> bool:
+    return bool(Instance.select(Instance.pk).where(Instance.path == rel).exists())
+
+
+def run(store: Store, ingestor: Ingestor, *, spool_owners: tuple[str, ...] | None = None,
+        before: float | None = None) -> Report:
     """Reconcile ``store`` with the bound index.
 
     Parameters
     ----------
     spool_owners : tuple of str, optional
         Spool folders to empty; all of them by default (only safe while nothing else runs).
+    before : float, optional
+        When objects are being received meanwhile (the sidecar reconciles while it serves):
+        only files last modified before this time (``time.time()``) are candidates. A file
+        just renamed into the store has no row until its ingest commits; taken for debris,
+        it was re-indexed as a duplicate of itself and deleted, leaving the row without its
+        file. Every candidate is also checked again for a row before it is removed.
     """
     report = Report()
     owners = spool_owners
@@ -53,10 +64,19 @@ def run(store: Store, ingestor: Ingestor, *, spool_owners: tuple[str, ...] | Non
     on_disk = set(store.iter_files())
     for rel in sorted(on_disk - known):
         full = store.root / rel
+        try:
+            if before is not None and os.stat(full).st_mtime >= before:
+                continue  # written by a reception running now, not left by a crash
+        except FileNotFoundError:
+            continue
+        if _has_row(rel):
+            continue  # its ingest committed since the listing
         # Ingest a hard link so that the original survives a rejection (and is quarantined).
         spool = store.spool_dir("reconcile") / os.path.basename(rel)
         os.link(full, spool)
         result = ingestor.ingest_spooled(spool, Source("import"))
+        if _has_row(rel):
+            continue  # a live ingest filed this very file meanwhile: it is not debris
         if result.ok:
             os.unlink(full)  # the ingested copy lives under a new name now
             if result.status == "stored":

@@ -72,6 +72,8 @@ class Sidecar:
         scp.install_spool(self.store.spool_dir("scp"), self.settings["dicom.max_object_mb"] * 1024 * 1024)
         ae = scp.build_ae(self.settings)
         self.ae = ae
+        # Files written from now on are receptions of ours, not debris for reconciliation.
+        self._serving_since = time.time()
         self.server = ae.start_server(
             (self.settings["dicom.host"], self.settings["dicom.port"]), block=False,
             evt_handlers=scp.handlers(self.ctx))
@@ -98,7 +100,7 @@ class Sidecar:
 
     def _reconcile(self) -> None:
         try:
-            reconcile.run(self.store, self.ingestor, spool_owners=("reconcile",))
+            reconcile.run(self.store, self.ingestor, spool_owners=("reconcile",), before=self._serving_since)
         except Exception:
             LOGGER.exception("Reconciliation failed")
 
