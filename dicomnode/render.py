@@ -1027,12 +1027,35 @@ def _codestream_size(data: bytes) -> tuple[int, int, int] | None:
     return x_size - x_offset, y_size - y_offset, components
 
 
+_JP2_SIGNATURE = b"\x00\x00\x00\x0c\x6a\x50\x20\x20"
+
+
+def _jp2_boxes_end(data: bytes) -> bool:
+    """Whether the boxes of a JP2 file can be walked to the codestream box or the end."""
+    offset = 12
+    while offset < len(data):
+        if data[offset + 4 : offset + 8] == b"jp2c":
+            return True
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        if length == 0:
+            return False
+        offset += length
+    return True
+
+
 def _check_codestream(data: bytes, module: _PixelModule, frame: int, label: str) -> None:
     """Refuse a frame whose codestream describes another image than the pixel module.
 
     Codecs allocate from their own header, not from (0028,0010) *Rows* and
     (0028,0011) *Columns*: a hostile header could otherwise ask for gigabytes.
     """
+    if data.startswith(_JP2_SIGNATURE) and not _jp2_boxes_end(data):
+        # pydicom's get_j2k_parameters walks the boxes by their lengths: a zero length before
+        # the codestream box loops forever (found by tests/fuzz/fuzz_dicom.py).
+        raise RenderError(
+            f"Frame {frame + 1} cannot be decoded from {label}: its JP2 header has a box of "
+            "length 0 before the codestream"
+        )
     size = _codestream_size(data)
     if size is None:
         return

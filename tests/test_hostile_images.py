@@ -158,6 +158,8 @@ def _mutations(frame: bytes, rng: random.Random) -> dict[str, bytes]:
         siz = bytearray(frame)
         siz[40:42] = (0xFFFF).to_bytes(2, "big")  # components in SIZ, past the real ones
         out["siz-components"] = bytes(siz)
+        # A JP2 header whose first box has length 0: pydicom's box walk never ended (fuzzing).
+        out["jp2-zero-length-box"] = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00\x00\x00\x00ftyp" + frame
     else:
         # RLE header: 15 segments whose offsets run past the end of the frame.
         offsets = b"".join((64 + 10**6 * k).to_bytes(4, "little") for k in range(15))
@@ -321,7 +323,8 @@ def test_every_hostile_image_is_answered_quickly_and_the_web_is_unaffected(hosti
 
 @pytest.mark.parametrize("name", ["65535x65535", "bits-allocated-0", "bits-allocated-64",
                                   "bits-stored-over-allocated", "frames-2^31", "rle-frames-2^31-1",
-                                  "jpeg-2000-truncated", "rle-16bit-rle-offsets-past-end"])
+                                  "jpeg-2000-truncated", "rle-16bit-rle-offsets-past-end",
+                                  "jpeg-2000-jp2-zero-length-box"])
 def test_the_placeholder_says_why(hostile_server: Any, name: str) -> None:
     """The preview of a refused image is a placeholder; WADO-RS says why with a 4xx status."""
     server, stored = hostile_server
