@@ -96,6 +96,12 @@ KIND_MODULES: tuple[str, ...] = ("dicomnode.transfer", "dicomnode.dicomweb")
 
 #: Seconds between two progress writes of one job.
 PROGRESS_INTERVAL = 0.5
+
+#: Set by the sidecar: True while its DICOM server has an association open. Jobs then pause
+#: :data:`YIELD_TO_RECEPTION` seconds at each cancel point (between two instances of a send),
+#: so that background work never slows what a modality is sending us.
+reception_busy: Callable[[], bool] | None = None
+YIELD_TO_RECEPTION = 0.02
 #: Entries kept in ``details`` (failures and transcript); further ones are only counted.
 MAX_DETAILS = 1000
 #: Seconds a runner thread waits before looking for pending jobs queued by another process.
@@ -430,12 +436,16 @@ class JobContext:
     # -- cancel -----------------------------------------------------------------------------
 
     def cancelled(self) -> bool:
-        """True once a cancel was asked."""
+        """True once a cancel was asked. A cancel point: waits a little while the DICOM server
+        receives (:data:`reception_busy`)."""
+        busy = reception_busy
+        if busy is not None and not self._cancel.is_set() and busy():
+            time.sleep(YIELD_TO_RECEPTION)
         return self._cancel.is_set()
 
     def check_cancelled(self) -> None:
-        """Raise :class:`JobCancelled` when a cancel was asked."""
-        if self._cancel.is_set():
+        """Raise :class:`JobCancelled` when a cancel was asked (a cancel point, as :meth:`cancelled`)."""
+        if self.cancelled():
             raise JobCancelled("cancelled by the user")
 
 

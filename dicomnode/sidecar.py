@@ -78,6 +78,7 @@ class Sidecar:
             (self.settings["dicom.host"], self.settings["dicom.port"]), block=False,
             evt_handlers=scp.handlers(self.ctx))
         self.port = int(self.server.server_address[1])
+        jobs.reception_busy = lambda: bool(ae.active_associations)  # jobs give way to reception
         self.control = ControlServer(self.settings.control_socket)
         self.control.register("status", self.op_status)
         self.control.register("echo", self.op_echo)

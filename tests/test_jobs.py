@@ -151,6 +151,29 @@ def test_concurrency_runs_jobs_side_by_side(runner: jobs.Runner) -> None:
         wait_state(i, jobs.SUCCESS)
 
 
+def test_jobs_give_way_while_the_dicom_server_receives(runner: jobs.Runner, monkeypatch: Any) -> None:
+    receiving = threading.Event()
+    monkeypatch.setattr(jobs, "reception_busy", receiving.is_set)
+    monkeypatch.setattr(jobs, "YIELD_TO_RECEPTION", 0.05)
+    started = time.monotonic()
+    wait_state(jobs.submit("test_count", "", {"n": 20}), jobs.SUCCESS)
+    alone = time.monotonic() - started
+    receiving.set()
+    started = time.monotonic()
+    job_id = jobs.submit("test_count", "", {"n": 20})
+    wait_state(job_id, jobs.SUCCESS)
+    assert time.monotonic() - started >= 20 * 0.05 > alone  # a pause at each of the 20 cancel points
+    # A cancel is seen at once, without the pause.
+    GATE.clear()
+    job_id = jobs.submit("test_count", "", {"n": 1000, "wait": True})
+    wait_state(job_id, jobs.RUNNING)
+    jobs.cancel(job_id)
+    GATE.set()
+    started = time.monotonic()
+    wait_state(job_id, jobs.CANCELLED)
+    assert time.monotonic() - started < 5
+
+
 def test_running_jobs_are_marked_interrupted_at_start(short_tmp: Path) -> None:
     settings = config.from_dict({"storage": {"path": str(short_tmp / "data")}})
     index.open_index(settings.database_url)
