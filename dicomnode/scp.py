@@ -40,6 +40,8 @@ import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 from pynetdicom import AE
 from pynetdicom import ALL_TRANSFER_SYNTAXES
@@ -87,6 +89,8 @@ MOVE_DESTINATION_UNKNOWN = 0xA801  # Refused: Move Destination unknown
 IDENTIFIER_MISMATCH = 0xA900  # Identifier does not match SOP Class
 UNABLE_TO_PROCESS = 0xC000  # Failed: Unable to process
 STORE_WARNINGS = (0xB000, 0xB006, 0xB007)
+#: Seconds between two C-MOVE/C-GET pending responses.
+PENDING_INTERVAL = 0.1
 
 #: Query/Retrieve information models served: SOP Class UID -> (root, DIMSE service).
 QR_MODELS: dict[str, tuple[str, str]] = {
@@ -262,6 +266,13 @@ def handle_store(event: evt.Event, ctx: Context) -> int | Dataset:
 def _association_count(event: evt.Event) -> None:
     assoc = event.assoc
     assoc.dolmen_stored = getattr(assoc, "dolmen_stored", 0) + 1  # type: ignore[attr-defined]
+
+
+def handle_conn_open(event: evt.Event) -> None:
+    """TCP_NODELAY on inbound connections: C-FIND answers, C-MOVE/C-GET pending responses and
+    C-GET's C-STOREs are small writes that Nagle's algorithm would hold for the requester's
+    delayed ACK (~40 ms each on Linux)."""
+    scu._no_delay(event)
 
 
 def handle_established(event: evt.Event, ctx: Context) -> None:
@@ -722,9 +733,17 @@ def serve_retrieve(service: QueryRetrieveServiceClass, ctx: Context, req: Any, c
         cancelled = cancelled or service.is_cancelled(req.MessageID)
         return cancelled
 
+    last_pending = 0.0
+
     def on_result(item: scu.SendItem, status: int | None, message: str) -> None:
+        # Pending responses are optional (PS3.4 C.4.2.3.1): one after the first sub-operation,
+        # then at most one per PENDING_INTERVAL, which keeps the counts live without a
+        # DIMSE message per instance.
+        nonlocal last_pending
         progress.count(item, status, message)
-        if progress.remaining > 0 and assoc.is_established:
+        now = time.monotonic()
+        if progress.remaining > 0 and assoc.is_established and now - last_pending >= PENDING_INTERVAL:
+            last_pending = now
             _respond(service, req, context, PENDING, progress, final=False)
 
     problem = ""
@@ -775,13 +794,16 @@ def build_ae(settings: Settings) -> AE:
     ae.network_timeout = settings["dicom.network_timeout"]
     ae.maximum_pdu_size = settings["dicom.max_pdu"]
     ae.require_called_aet = settings["dicom.check_called_aet"]
-    syntaxes = list(ALL_TRANSFER_SYNTAXES)
+    # Explicit VR Little Endian first: pynetdicom accepts, of the syntaxes a requester offers,
+    # the first in our list; most stored files are explicit, so a C-GET requester offering
+    # both gets them as stored (streamed) instead of re-encoded as implicit.
+    syntaxes = [ExplicitVRLittleEndian] + [ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian]
     wanted = settings["dicom.transfer_syntaxes"]
     if "all" not in wanted:
         syntaxes = list(wanted)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for uid in QR_MODELS:
-        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES[:3])
+        ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for cx in AllStoragePresentationContexts:
         # Roles as the requester proposes them: a C-GET requester is the storage SCP.
         ae.add_supported_context(str(cx.abstract_syntax), syntaxes, scu_role=True, scp_role=True)
@@ -797,6 +819,7 @@ def handlers(ctx: Context) -> list[Any]:
         (evt.EVT_C_STORE, handle_store, [ctx]),
         (evt.EVT_C_FIND, handle_find, [ctx]),
         (evt.EVT_SOP_EXTENDED, handle_sop_extended, [ctx]),
+        (evt.EVT_CONN_OPEN, handle_conn_open),
         (evt.EVT_ESTABLISHED, handle_established, [ctx]),
         (evt.EVT_RELEASED, handle_closed, [ctx, "released"]),
         (evt.EVT_ABORTED, handle_closed, [ctx, "aborted"]),
