@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dicomnode.config import DICOMWEB_SERVER_KEYS
 from dicomnode.config import MODALITY_KEYS
 from dicomnode.config import SETTINGS
 
@@ -29,9 +30,16 @@ def test_every_modality_key_has_a_readme_row() -> None:
     assert not missing, f"README.md lacks a [modalities.NAME] row for {missing}"
 
 
+def test_every_dicomweb_server_key_has_a_readme_row() -> None:
+    rows = _rows()
+    missing = [k for k in DICOMWEB_SERVER_KEYS if ("dicomweb.servers.NAME", k) not in rows]
+    assert not missing, f"README.md lacks a [dicomweb.servers.NAME] row for {missing}"
+
+
 def test_readme_has_no_row_for_an_unknown_key() -> None:
     known = {tuple(s.key.rsplit(".", 1)) for s in SETTINGS}
     known |= {("modalities.NAME", k) for k in MODALITY_KEYS} | {("http.users", "NAME")}
+    known |= {("dicomweb.servers.NAME", k) for k in DICOMWEB_SERVER_KEYS}
     extra = _rows() - known
     assert not extra, f"README.md documents keys that do not exist: {sorted(extra)}"
 
