@@ -97,9 +97,9 @@ KIND_MODULES: tuple[str, ...] = ("dicomnode.transfer", "dicomnode.dicomweb")
 #: Seconds between two progress writes of one job.
 PROGRESS_INTERVAL = 0.5
 
-#: Set by the sidecar: True while its DICOM server has an association open. Jobs then pause
-#: :data:`YIELD_TO_RECEPTION` seconds at each cancel point (between two instances of a send),
-#: so that background work never slows what a modality is sending us.
+#: Set by the sidecar: True while its DICOM server has an association open. A send job then
+#: pauses :data:`YIELD_TO_RECEPTION` seconds between two instances (:meth:`JobContext.give_way`),
+#: so that background work does not slow what a modality is sending us.
 reception_busy: Callable[[], bool] | None = None
 YIELD_TO_RECEPTION = 0.02
 #: Entries kept in ``details`` (failures and transcript); further ones are only counted.
@@ -436,16 +436,24 @@ class JobContext:
     # -- cancel -----------------------------------------------------------------------------
 
     def cancelled(self) -> bool:
-        """True once a cancel was asked. A cancel point: waits a little while the DICOM server
-        receives (:data:`reception_busy`)."""
+        """True once a cancel was asked."""
+        return self._cancel.is_set()
+
+    def give_way(self) -> None:
+        """Pause :data:`YIELD_TO_RECEPTION` seconds while the DICOM server receives
+        (:data:`reception_busy`), unless a cancel was asked.
+
+        For jobs that compete with reception (a send), between two items. Not for a retrieve:
+        what the server then receives is the retrieve's own, and a paused C-MOVE would read
+        its pending responses late.
+        """
         busy = reception_busy
         if busy is not None and not self._cancel.is_set() and busy():
             time.sleep(YIELD_TO_RECEPTION)
-        return self._cancel.is_set()
 
     def check_cancelled(self) -> None:
-        """Raise :class:`JobCancelled` when a cancel was asked (a cancel point, as :meth:`cancelled`)."""
-        if self.cancelled():
+        """Raise :class:`JobCancelled` when a cancel was asked."""
+        if self._cancel.is_set():
             raise JobCancelled("cancelled by the user")
 
 

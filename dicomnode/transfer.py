@@ -160,7 +160,11 @@ def run_send(job: jobs.JobContext) -> None:
                 message=message,
             )
 
-    report = scu.send(job.settings, node, items, on_result=on_result, cancelled=job.cancelled)
+    def cancelled() -> bool:  # between two instances: give way to reception, then check
+        job.give_way()
+        return job.cancelled()
+
+    report = scu.send(job.settings, node, items, on_result=on_result, cancelled=cancelled)
     job.flush(force=True)
     if report.cancelled:
         raise jobs.JobCancelled(f"cancelled after {report.sent} of {len(items)} instances")

@@ -49,7 +49,18 @@ def run_crashing(job: jobs.JobContext) -> None:
     raise ZeroDivisionError("boom")
 
 
+def run_giving_way(job: jobs.JobContext) -> None:
+    """Like a send: gives way to reception between two of its params["n"] items."""
+    for _ in range(int(job.params.get("n", 3))):
+        job.give_way()
+        job.check_cancelled()
+        if job.params.get("wait"):
+            GATE.wait(10)
+        job.progress(done=job.done + 1)
+
+
 jobs.register_kind("test_count", run_counting, label="Count")
+jobs.register_kind("test_give_way", run_giving_way)
 jobs.register_kind("test_concurrent", run_concurrent)
 jobs.register_kind("test_crash", run_crashing)
 
@@ -156,16 +167,18 @@ def test_jobs_give_way_while_the_dicom_server_receives(runner: jobs.Runner, monk
     monkeypatch.setattr(jobs, "reception_busy", receiving.is_set)
     monkeypatch.setattr(jobs, "YIELD_TO_RECEPTION", 0.05)
     started = time.monotonic()
-    wait_state(jobs.submit("test_count", "", {"n": 20}), jobs.SUCCESS)
+    wait_state(jobs.submit("test_give_way", "", {"n": 20}), jobs.SUCCESS)
     alone = time.monotonic() - started
     receiving.set()
     started = time.monotonic()
-    job_id = jobs.submit("test_count", "", {"n": 20})
-    wait_state(job_id, jobs.SUCCESS)
-    assert time.monotonic() - started >= 20 * 0.05 > alone  # a pause at each of the 20 cancel points
+    wait_state(jobs.submit("test_give_way", "", {"n": 20}), jobs.SUCCESS)
+    assert time.monotonic() - started >= 20 * 0.05 > alone  # a pause before each of the 20 items
+    # Jobs that do not give way (a retrieve) are not slowed.
+    started = time.monotonic()
+    wait_state(jobs.submit("test_count", "", {"n": 20}), jobs.SUCCESS)
+    assert time.monotonic() - started < 20 * 0.05
     # A cancel is seen at once, without the pause.
-    GATE.clear()
-    job_id = jobs.submit("test_count", "", {"n": 1000, "wait": True})
+    job_id = jobs.submit("test_give_way", "", {"n": 1000, "wait": True})
     wait_state(job_id, jobs.RUNNING)
     jobs.cancel(job_id)
     GATE.set()
