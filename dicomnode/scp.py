@@ -666,7 +666,12 @@ def _respond(service: QueryRetrieveServiceClass, req: Any, context: Presentation
             data = encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
             if data is not None:
                 rsp.Identifier = BytesIO(data)
-    service.dimse.send_msg(rsp, int(context.context_id or 0))
+    if isinstance(rsp, C_GET):
+        # C-GET: the C-STOREs on this association are written straight to the socket by this
+        # thread (scu.send_c_store_direct), so its responses are too, never two writers at once.
+        scu.send_msg_direct(service.assoc, rsp, int(context.context_id or 0))
+    else:
+        service.dimse.send_msg(rsp, int(context.context_id or 0))
 
 
 def serve_retrieve(service: QueryRetrieveServiceClass, ctx: Context, req: Any, context: PresentationContext,

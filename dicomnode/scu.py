@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +56,9 @@ from pynetdicom import build_context
 from pynetdicom import build_role
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import _RSP_TO_MESSAGE
+from pynetdicom.dsutils import split_dataset
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import PresentationContext
 
 from dicomnode.config import Settings
@@ -1109,6 +1113,116 @@ def _reactor_held(assoc: Association) -> Iterator[None]:
         original.set()
 
 
+# -- C-STORE requests written straight to the socket ------------------------------------------
+#
+# pynetdicom hands every P-DATA PDU of a message to its DUL thread through a queue (and encodes
+# the command set with pydicom): a 128 KiB instance to a peer with DCMTK's 16 KiB PDUs is nine
+# queue round trips. A file stored in the accepted transfer syntax needs no encoding at all,
+# so its PDUs are built here and written with one sendall per MiB. Only for associations
+# whose reactor is held (``_reactor_held``) or that are served by the calling thread (C-GET):
+# then nothing else writes to the socket meanwhile. The response comes back through
+# pynetdicom's DIMSE queue as usual.
+
+_ELEMENT = struct.Struct("<HHI")  # Implicit VR Little Endian element header (group, element, length)
+_PDV = struct.Struct(">BBIIBB")  # P-DATA-TF PDU header + PDV item header (PS3.8 9.3.5)
+_SEND_BATCH = 1 << 20
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    return _ELEMENT.pack(0, element, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def store_command(sop_class_uid: str, sop_instance_uid: str, msg_id: int,
+                  originator: tuple[str, int] | None = None) -> bytes:
+    """The C-STORE-RQ command set (PS3.7 9.3.1.1) as Implicit VR Little Endian bytes."""
+    parts = [
+        _command_element(0x0002, _padded(sop_class_uid, b"\0")),
+        _command_element(0x0100, (0x0001).to_bytes(2, "little")),  # Command Field: C-STORE-RQ
+        _command_element(0x0110, msg_id.to_bytes(2, "little")),
+        _command_element(0x0700, (0x0000).to_bytes(2, "little")),  # Priority: MEDIUM
+        _command_element(0x0800, (0x0000).to_bytes(2, "little")),  # Command Data Set Type: present
+        _command_element(0x1000, _padded(sop_instance_uid, b"\0")),
+    ]
+    if originator is not None:
+        parts.append(_command_element(0x1030, _padded(originator[0][:16], b" ")))
+        parts.append(_command_element(0x1031, (originator[1] & 0xFFFF).to_bytes(2, "little")))
+    body = b"".join(parts)
+    return _command_element(0x0000, len(body).to_bytes(4, "little")) + body
+
+
+def _dataset_offset(path: str) -> int:
+    """Where the data set starts in a Part 10 file (after the preamble and the file meta)."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+    if len(head) == 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
+        return 144 + int.from_bytes(head[140:144], "little")
+    return int(split_dataset(Path(path))[1])
+
+
+def _pdv(context_id: int, control: int, data: bytes | memoryview) -> bytes:
+    return _PDV.pack(0x04, 0, len(data) + 6, len(data) + 2, context_id, control)
+
+
+def _socket_of(assoc: Association) -> socket.socket:
+    sock: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr,assignment]
+    return sock
+
+
+def send_c_store_direct(assoc: Association, cx: PresentationContext, item: SendItem, msg_id: int,
+                        originator: tuple[str, int] | None = None) -> Dataset | None:
+    """C-STORE ``item``'s file, stored in ``cx``'s transfer syntax, writing the PDUs ourselves.
+
+    Returns the response status dataset (as ``Association.send_c_store``), an empty one when
+    none came within the DIMSE timeout (the association is then aborted).
+    """
+    context_id = int(cx.context_id or 0)
+    max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
+    chunk = max_pdu - 6 if max_pdu else _SEND_BATCH
+    command = store_command(item.sop_class_uid, item.sop_instance_uid, msg_id, originator)
+    sock = _socket_of(assoc)
+    buf = bytearray(_pdv(context_id, 0x03, command) + command)  # command, last fragment
+    offset = _dataset_offset(item.path)
+    with open(item.path, "rb") as f:
+        remaining = os.fstat(f.fileno()).st_size - offset
+        f.seek(offset)
+        while remaining > 0:
+            data = f.read(min(chunk, remaining))
+            if not data:
+                raise OSError(f"{item.path} is shorter than its size")
+            remaining -= len(data)
+            buf += _pdv(context_id, 0x00 if remaining > 0 else 0x02, data)  # data set; last fragment
+            buf += data
+            if len(buf) >= _SEND_BATCH:
+                sock.sendall(buf)
+                buf.clear()
+    if buf:
+        sock.sendall(buf)
+    _cx_id, rsp = assoc.dimse.get_msg(block=True)
+    if rsp is None:
+        assoc._handle_no_response()
+        return Dataset()
+    return assoc._check_received_status(rsp)
+
+
+def send_msg_direct(assoc: Association, primitive: Any, context_id: int) -> None:
+    """Send a DIMSE response as pynetdicom's ``send_msg`` does, but writing the PDUs ourselves
+    (for the C-GET responses between our direct C-STOREs: one writer on the socket)."""
+    message = _RSP_TO_MESSAGE[type(primitive)]()
+    message.primitive_to_message(primitive)
+    message.context_id = context_id
+    out = bytearray()
+    for pdata in message.encode_msg(context_id, int(assoc.dimse.maximum_pdu_size or 0)):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(pdata)
+        out += pdu.encode()
+    _socket_of(assoc).sendall(out)
+
+
 def _store_one(
     settings: Settings, assoc: Association, node: Node, item: SendItem, report: SendReport, msg_id: int,
     originator: tuple[str, int] | None = None,
@@ -1119,7 +1233,8 @@ def _store_one(
         move_kw = {"originator_aet": originator[0], "originator_id": originator[1]}
     try:
         if item.transfer_syntax_uid in accepted:
-            response = assoc.send_c_store(Path(item.path), msg_id=msg_id, **move_kw)
+            cx = accepted[item.transfer_syntax_uid]
+            response = send_c_store_direct(assoc, cx, item, msg_id, originator)
         else:
             plain = [ts for ts in UNCOMPRESSED if ts in accepted]
             if not plain:
