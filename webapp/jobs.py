@@ -63,11 +63,13 @@ LEVEL_MODELS: dict[str, Any] = {"patient": Patient, "study": Study, "series": Se
 
 
 def _local_entry(level: str, row: Any) -> dict[str, Any]:
+    from webapp.browse import dicom_date
+    from webapp.browse import person
     from webapp.qr import local_url
 
     label = {
-        "patient": lambda: f"Patient {row.patient_name} ({row.patient_id})",
-        "study": lambda: f"Study {row.study_date} {row.study_description}",
+        "patient": lambda: f"Patient {person(row.patient_name)} ({row.patient_id})",
+        "study": lambda: f"Study {dicom_date(row.study_date)} {row.study_description}",
         "series": lambda: f"Series {row.series_number or ''} {row.series_description}",
         "instance": lambda: f"Instance {row.instance_number or ''}",
     }[level]()
