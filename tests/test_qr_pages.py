@@ -326,7 +326,7 @@ def test_retrieve_by_move_then_missing_only_by_get(env: Env) -> None:
     assert here(env, uid).text.strip() == "complete · 6"
     detail = soup(env.dolmen.get(f"/jobs/{job['ID']}"))
     assert detail.select_one(".job-local a")["href"].startswith("/studies/")
-    assert re.fullmatch(r"Study \d{4}-\d\d-\d\d .*", detail.select_one(".job-local a").text)  # a date for people
+    assert re.fullmatch(r"Study \d{4}-\d\d-\d\d .*", detail.select_one(".job-local a").text)  # dashed date
     requests_sent = [li for li in detail.select(".transcript-list li") if "C-GET" in li.text]
     assert requests_sent and "IMAGE" in requests_sent[0].text
 
