@@ -385,6 +385,8 @@ class Survival:
         wait_for(lambda: self.server.status()["associations"] == 0, timeout=15, what="associations to end")
         self.threads = self._threads()
         self.fds = self._fds()
+        self.web_threads = _count(f"/proc/{self.web_pid}/task")
+        self.web_fds = _count(f"/proc/{self.web_pid}/fd")
         self.log_offset = len(self.server.log.read_bytes())
         self.outside = self._outside()
 
@@ -456,8 +458,10 @@ class Survival:
     def check(self, *, problem: str | None = None, aet: str | None = None, ip: str = "127.0.0.1",
               restarted: bool = False, forbidden: Iterable[str | os.PathLike[str]] = (),
               spool_empty: bool = True, tracebacks_ok: bool = False, tolerance: int = 2,
-              settle: float = 20.0) -> None:
-        """Assert the survival contract; see the module docstring for each argument's meaning."""
+              settle: float = 20.0, web_resources: bool = False) -> None:
+        """Assert the survival contract; see the module docstring for each argument's meaning.
+        ``web_resources`` also waits for the web process's threads and fds to come back to the
+        baseline (for cases aimed at the web process)."""
         server = self.server
         assert server.proc.poll() is None, f"dolmen serve died:\n{server.log_text()[-3000:]}"
         pid = wait_for(server.sidecar_pid, timeout=60, what="the sidecar to answer status")
@@ -478,6 +482,12 @@ class Survival:
                 wait_for(lambda: self._fds() <= self.fds + tolerance, timeout=settle, what="fds")
             except AssertionError:
                 raise AssertionError(f"sidecar fds not back to {self.fds}: {self._fd_targets()}") from None
+        if web_resources:
+            web = f"/proc/{self.web_pid}"
+            wait_for(lambda: _count(f"{web}/task") <= self.web_threads + tolerance, timeout=settle,
+                     what=f"web threads back to {self.web_threads} (now {_count(web + '/task')})")
+            wait_for(lambda: _count(f"{web}/fd") <= self.web_fds + tolerance, timeout=settle,
+                     what=f"web fds back to {self.web_fds} (now {_count(web + '/fd')})")
         # Files: nothing outside the storage root, no row without its file, no spool leftovers.
         for path in forbidden:
             assert not os.path.lexists(path), f"a file was written outside the storage root: {path}"

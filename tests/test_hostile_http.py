@@ -40,6 +40,7 @@ from dicomnode.index import Instance
 from dicomnode.index import Job
 from dicomnode.index import Modality
 from dicomnode.ingest import Source
+from tests.conftest import free_port
 from tests.conftest import make_config_doc
 from tests.hostile import Survival
 from tests.hostile import assert_no_traceback
@@ -389,7 +390,9 @@ def server() -> Iterator[Any]:
     from tests.conftest import write_toml
 
     folder = Path(tempfile.mkdtemp(prefix="dhs-", dir="/tmp"))
-    sections = hostile_sections(http={"max_upload_mb": 64, "max_zip_entries": 5000, "max_zip_mb": 100})
+    sections = hostile_sections(http={"max_upload_mb": 64, "max_zip_entries": 5000, "max_zip_mb": 100},
+                                modalities__evil={"aet": "EVILPACS", "host": "127.0.0.1", "port": free_port(),
+                                                  "description": XSS_ATTR})
     config_path = write_toml(folder / "c.toml", make_config_doc(folder / "data", **sections))
     dolmen = start_dolmen(config_path, folder / "serve.log")
     yield dolmen
@@ -441,7 +444,24 @@ def _web_rss_kb(server: Any) -> int:
 UPLOAD_ROUTES = ["/upload", "/dicom-web/studies", "/upload/check", "/login", "/modalities/new"]
 
 
+def warm_web(server: Any) -> None:
+    """Concurrent uploads and STOW-RS requests, so the web process's pools (the store's fsync
+    threads) are at full size before the baseline is taken."""
+    import concurrent.futures
+
+    study = f"1.2.826.0.1.3680043.10.1078.56.{int(time.time() * 1000)}"
+    files = [encode(small_instance(study, n=n)) for n in range(1, 9)]
+
+    def upload(data: bytes) -> int:
+        response = requests.post(server.url + "/upload", files=[("files", ("w.dcm", data))], timeout=60)
+        return response.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(upload, files)) == {200}
+
+
 def test_oversized_bodies_are_refused_before_buffering(server: Any) -> None:
+    warm_web(server)
     survival = Survival(server)
     baseline = _web_rss_kb(server)
     host = server.url.removeprefix("http://")
@@ -494,7 +514,7 @@ def test_oversized_bodies_are_refused_before_buffering(server: Any) -> None:
         assert_no_traceback(response.text, route)
     grown = (_web_rss_kb(server) - baseline) / 1024
     assert grown < 150, f"the web process's peak memory grew by {grown:.0f} MiB"
-    survival.check()
+    survival.check(web_resources=True)
 
 
 def make_zip(members: list[tuple[str, bytes]], *, symlink: str | None = None) -> bytes:
@@ -518,6 +538,7 @@ def _upload(server: Any, name: str, data: bytes) -> dict[str, Any]:
 
 
 def test_hostile_zip_uploads(server: Any) -> None:
+    warm_web(server)
     survival = Survival(server)
     study = f"1.2.826.0.1.3680043.10.1078.55.{int(time.time())}"
     good = encode(small_instance(study, n=1))
@@ -559,7 +580,7 @@ def test_hostile_zip_uploads(server: Any) -> None:
     assert body["stored"] == 0, body
     grown = (_web_rss_kb(server) - baseline) / 1024
     assert grown < 100, f"the web process's peak memory grew by {grown:.0f} MiB"
-    survival.check(forbidden=forbidden)
+    survival.check(forbidden=forbidden, web_resources=True)
 
 
 def _small_bomb() -> bytes:
@@ -592,3 +613,65 @@ def test_request_smuggling_shapes_are_refused(server: Any) -> None:
         assert status == 0 or 400 <= status < 500, f"{head[:60]!r}: {status}"
         assert_no_traceback(answer, head[:60])
     assert requests.get(server.url + "/api/system", timeout=5).status_code == 200
+
+
+def _hostile_find_scp(port: int) -> Any:
+    """A C-FIND SCP (EVILPACS) whose answers carry a payload in every text attribute."""
+    from pynetdicom import AE
+    from pynetdicom import evt
+    from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    def on_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        asked = event.identifier
+        for n in range(2):
+            answer = Dataset()
+            answer.QueryRetrieveLevel = asked.get("QueryRetrieveLevel", "STUDY")
+            answer.PatientName = XSS
+            answer.PatientID = XSS_ATTR
+            answer.StudyDescription = XSS_SVG
+            answer.SeriesDescription = XSS_ATTR
+            answer.AccessionNumber = "<b>acc</b>"
+            answer.ModalitiesInStudy = "<b>"
+            answer.Modality = "<b>"
+            answer.StudyDate = "2024<b>"
+            answer.StudyInstanceUID = f"1.2.3.{n}"
+            answer.SeriesInstanceUID = f"1.2.3.{n}.1"
+            answer.SOPInstanceUID = f"1.2.3.{n}.1.1"
+            answer.RetrieveAETitle = XSS_AE
+            yield 0xFF00, answer
+
+    ae = AE(ae_title="EVILPACS")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
+    return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)])
+
+
+def test_query_results_from_a_hostile_remote_are_shown_as_text(server: Any) -> None:
+    import tomllib
+
+    port = tomllib.loads(server.config.read_text())["modalities"]["evil"]["port"]
+    scp = _hostile_find_scp(port)
+    try:
+        for level in ("patient", "study", "series"):
+            for headers in ({}, {"HX-Request": "true"}):
+                response = requests.get(server.url + "/query", headers=headers, timeout=30,
+                                        params={"modality": "evil", "level": level, "PatientName": "*"})
+                assert response.status_code == 200, response.text[:300]
+                page = check_html(_Wrapped(response), f"/query {level} {headers}")
+                assert XSS in page.get_text(" "), f"{level}: the answers were not shown"
+        response = requests.get(server.url + "/modalities", timeout=30)
+        assert XSS_ATTR in check_html(_Wrapped(response), "/modalities").get_text(" ")
+    finally:
+        scp.shutdown()
+
+
+class _Wrapped:
+    """A requests response with the Flask test response methods check_html uses."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self.response = response
+        self.headers = response.headers
+
+    def get_data(self, as_text: bool = False) -> Any:
+        return self.response.text if as_text else self.response.content
