@@ -67,9 +67,9 @@ class Sidecar:
             LOGGER.info("Removed %d partial object(s) left by an interrupted reception", removed)
         if not os.environ.get("DOLMEN_NO_NETPATCH"):
             netpatch.apply()
-        upperlayer.apply()  # always (after netpatch, to wrap it): caps and deadlines against hostile peers
-        _close_index_when_associations_end()
         scp.install_spool(self.store.spool_dir("scp"), self.settings["dicom.max_object_mb"] * 1024 * 1024)
+        upperlayer.apply()  # always (after netpatch and the spool, to wrap them): against hostile peers
+        _close_index_when_associations_end()
         ae = scp.build_ae(self.settings)
         self.ae = ae
         # Files written from now on are receptions of ours, not debris for reconciliation.

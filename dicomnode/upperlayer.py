@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import struct
 import threading
@@ -35,7 +36,9 @@ import time
 from typing import Any
 
 from pynetdicom import AE
+from pynetdicom import association
 from pynetdicom import dimse
+from pynetdicom import dimse_messages
 from pynetdicom import dul
 from pynetdicom import fsm
 from pynetdicom import transport
@@ -58,6 +61,7 @@ REASON_UNRECOGNIZED_PDU = 0x01
 REASON_UNEXPECTED_PDU = 0x02
 REASON_INVALID_PARAMETER = 0x06
 
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # PS3.5 9.1, leniently (leading zeros allowed)
 _applied = False
 _lock = threading.Lock()
 
@@ -194,6 +198,13 @@ def _associate_problem(pdu: Any) -> tuple[str, int] | None:
         return "duplicate presentation context identifiers", 1
     if pdu.user_information is None:
         return "no User Information item", 1
+    for cx in contexts:
+        for sub in cx.abstract_transfer_syntax_sub_items:
+            uid = getattr(sub, "abstract_syntax_name", None) or getattr(sub, "transfer_syntax_name", None)
+            text = str(uid or "").rstrip("\0 ")
+            if not _UID.fullmatch(text):
+                # Written into log lines and the association log further on: only a real UID.
+                return f"presentation context {cx.context_id}: {printable(text)!r} is not a UID", 1
     return None
 
 
@@ -375,8 +386,85 @@ def drop_partial_spool(provider: Any) -> None:
                        peer_of(provider.assoc))
 
 
+def drop_queued_spools(provider: Any) -> None:
+    """Remove the spool files of C-STOREs received whole but never handled: the association
+    ended first (a peer releasing or aborting right after its data set). pynetdicom leaves
+    them in the message queue, files and descriptors open, for ever."""
+    while True:
+        try:
+            _context_id, primitive = provider.msg_queue.get_nowait()
+        except Exception:  # noqa: BLE001 - queue.Empty, or a queue already gone
+            return
+        spool = getattr(primitive, "_dataset_file", None)
+        if spool is None:
+            continue
+        try:
+            spool.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(spool.name)
+        except (OSError, AttributeError):
+            continue
+        LOGGER.warning("DICOM connection from %s ended before its C-STORE was handled: object removed",
+                       peer_of(provider.assoc))
+
+
+_local = threading.local()
+
+
+def _spool_factory(original: Any) -> Any:
+    """Wrap the factory of received data set files so that each association knows its own."""
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        spool = original(*args, **kwargs)
+        spools = getattr(_local, "spools", None)
+        if spools is not None:
+            spools.append(spool)
+        return spool
+    factory._dolmen_tracks = True  # type: ignore[attr-defined]
+    return factory
+
+
+def _drop_leftovers(assoc: Any) -> None:
+    """Remove every spool file of ``assoc`` that still exists once the association is over.
+
+    A handled C-STORE consumes its file (ingest renames it, pynetdicom removes what is
+    left), so a file still there was never handled: a data set cut short, a second command
+    set replacing the first before its data set was complete, a message left in the queue.
+    """
+    for spool in getattr(assoc, "_dolmen_spools", ()):
+        try:
+            spool.close()
+        except OSError:
+            pass
+        name = getattr(spool, "name", None)
+        if name and os.path.exists(name):
+            try:
+                os.unlink(name)
+            except OSError:
+                continue
+            LOGGER.warning("DICOM connection from %s ended with an unhandled C-STORE data set: removed",
+                           peer_of(assoc))
+
+
+def _association_run(original: Any) -> Any:
+    def run(self: Any) -> None:
+        try:
+            original(self)
+        finally:
+            # Both reactors have stopped: what is still spooled will never be handled.
+            dimse_provider = getattr(self, "dimse", None)
+            if dimse_provider is not None:
+                drop_partial_spool(dimse_provider)
+                drop_queued_spools(dimse_provider)
+            _drop_leftovers(self)
+    return run
+
+
 def _run_reactor(original: Any) -> Any:
     def run_reactor(self: Any) -> None:
+        # Data set files are created in this (the DUL) thread: note them on the association.
+        _local.spools = self.assoc._dolmen_spools = []
         try:
             original(self)
         finally:
@@ -446,6 +534,27 @@ PEER_INPUT_LOGGERS = ("pynetdicom.dimse", "pynetdicom.dimse_messages", "pynetdic
                       "pynetdicom.pdu", "pynetdicom.pdu_items", "pynetdicom.pdu_primitives")
 
 
+class StandardHandlerFilter(logging.Filter):
+    """pynetdicom's own logging handlers fail on some malformed messages (a command set of
+    no known kind): the traceback ``pynetdicom.events`` logs for them is dropped; those of
+    our handlers are kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "event handler 'standard_" in message:
+            self._local.standard = True
+        elif record.exc_info and getattr(self._local, "standard", False):
+            record.exc_info = None
+            record.exc_text = None
+            record.msg, record.args = printable(message, 300), ()
+            self._local.standard = False
+        return True
+
+
 class PeerInputFilter(logging.Filter):
     """One escaped line for pynetdicom's complaints about what a peer sent.
 
@@ -464,18 +573,23 @@ class PeerInputFilter(logging.Filter):
 
 
 def apply() -> None:
-    """Install the hardening (idempotent); after :func:`dicomnode.netpatch.apply`, so that the
-    guard around DIMSE decoding wraps netpatch's fast path too."""
+    """Install the hardening (idempotent); after :func:`dicomnode.netpatch.apply` and
+    :func:`dicomnode.scp.install_spool`, so that the guard around DIMSE decoding wraps
+    netpatch's fast path and the spool files tracked are the SCP's."""
     global _applied
     with _lock:
         if _applied:
             return
         dul.DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
         dul.DULServiceProvider.run_reactor = _run_reactor(dul.DULServiceProvider.run_reactor)  # type: ignore[method-assign]
+        if not getattr(dimse_messages.NamedTemporaryFile, "_dolmen_tracks", False):
+            dimse_messages.NamedTemporaryFile = _spool_factory(dimse_messages.NamedTemporaryFile)
+        association.Association.run = _association_run(association.Association.run)  # type: ignore[method-assign]
         provider = dimse.DIMSEServiceProvider
         provider.receive_primitive = _receive_primitive(provider.receive_primitive)  # type: ignore[method-assign]
         for name in PEER_INPUT_LOGGERS:
             logging.getLogger(name).addFilter(PeerInputFilter())
+        logging.getLogger("pynetdicom.events").addFilter(StandardHandlerFilter())
         fsm.StateMachine.do_action = _do_action(fsm.StateMachine.do_action)  # type: ignore[method-assign]
         # socketserver listens with a backlog of 5: the sixth of a burst of connections had
         # its SYN dropped and waited a second for the retransmission.
