@@ -77,7 +77,7 @@ class Case:
     command_uid: str | None = None  # C-STORE command's SOP Instance UID, when it lies
     command_class: str | None = None
     file: bytes | None = None  # the Part 10 file, when not built from ``dataset``
-    doors: tuple[str, ...] = ("c-store", "stow", "upload", "import")
+    doors: tuple[str, ...] = ("c-store", "stow", "upload")  # and dolmen import, all cases in one run
     forbidden: list[Path] = field(default_factory=list)
     problem: str = ""
 
@@ -163,7 +163,7 @@ def cases() -> list[Case]:
     out.append(Case("invalid character set", data, ds.SOPInstanceUID, "rejected"))
     ds = small_instance(f"{ROOT_UID}.17", n=1)
     out.append(Case("missing file meta", explicit(ds), ds.SOPInstanceUID, "rejected", file=explicit(ds),
-                    doors=("stow", "upload", "import")))
+                    doors=("stow", "upload")))
     return out
 
 
@@ -226,13 +226,7 @@ def send(door: str, server: DolmenProcess, case: Case, tmp: Path) -> str:
         assert r.status_code == 200, (r.status_code, r.text[:500])
         rows = r.json()["files"]
         return "stored" if rows and rows[0]["status"] in ("stored", "duplicate") else "rejected"
-    path = tmp / "hostile.dcm"
-    path.write_bytes(data)
-    result = subprocess.run([sys.executable, "-m", "webapp.cli", "import", "--config", str(server.config), "-q",
-                             str(path)], capture_output=True, text=True, cwd=str(ROOT), timeout=120)
-    assert_no_traceback(result.stdout + result.stderr, "dolmen import output")
-    assert result.returncode in (0, 1), result.stderr
-    return "stored" if result.returncode == 0 else "rejected"
+    raise AssertionError(f"unknown door {door}")
 
 
 def _delete(server: DolmenProcess, sop_uid: str) -> None:
@@ -269,6 +263,28 @@ def test_hostile_dataset(server: DolmenProcess, survival: Survival, name: str, d
         assert_no_traceback(r.text, "study list")
         _delete(server, case.sop_uid)
     survival.check(forbidden=case.forbidden)
+
+
+def test_hostile_datasets_through_dolmen_import(server: DolmenProcess, survival: Survival, tmp_path: Path) -> None:
+    """Every case as a file given to ``dolmen import`` (one run: an interpreter per case is slow)."""
+    EVIL_DIR.mkdir(exist_ok=True)
+    shutil.rmtree(EVIL_DIR)
+    paths = {}
+    for n, case in enumerate(CASES.values()):
+        if "c-store" in case.doors and case.command_uid is None and case.command_class is None or case.file:
+            paths[case.name] = tmp_path / f"case{n:02d}.dcm"
+            paths[case.name].write_bytes(case.part10())
+    result = subprocess.run([sys.executable, "-m", "webapp.cli", "import", "--config", str(server.config),
+                             *map(str, paths.values())], capture_output=True, text=True, cwd=str(ROOT), timeout=300)
+    assert_no_traceback(result.stdout + result.stderr, "dolmen import output")
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])  # some were rejected
+    for name, path in paths.items():
+        case = CASES[name]
+        assert (f"rejected {path}" in result.stderr) == (case.expect == "rejected"), (name, result.stderr[-3000:])
+        assert stored(server, case.sop_uid) == (case.expect == "stored"), name
+        if case.expect == "stored":
+            _delete(server, case.sop_uid)
+    survival.check(forbidden=[EVIL_DIR])
 
 
 def test_deflated_data_set_inflating_1000_times_is_bounded(server: DolmenProcess, survival: Survival,
