@@ -14,7 +14,6 @@ import io
 import json
 import re
 import socket
-import stat
 import struct
 import time
 import zipfile
@@ -47,6 +46,7 @@ from tests.hostile import assert_no_traceback
 from tests.hostile import encode
 from tests.hostile import hostile_sections
 from tests.hostile import small_instance
+from tests.test_upload import make_zip
 from webapp import create_app
 from webapp.services import services
 
@@ -515,18 +515,6 @@ def test_oversized_bodies_are_refused_before_buffering(server: Any) -> None:
     grown = (_web_rss_kb(server) - baseline) / 1024
     assert grown < 150, f"the web process's peak memory grew by {grown:.0f} MiB"
     survival.check(web_resources=True)
-
-
-def make_zip(members: list[tuple[str, bytes]], *, symlink: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members:
-            zf.writestr(name, data)
-        if symlink:
-            info = zipfile.ZipInfo(symlink)
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            zf.writestr(info, "/etc/passwd")
-    return buffer.getvalue()
 
 
 def _upload(server: Any, name: str, data: bytes) -> dict[str, Any]:
