@@ -14,6 +14,11 @@ Debian's Orthanc with DCMTK's storescu, then asks both with DCMTK's tools (TCP_N
   (``--ignore``): instances per second of the best of two runs.
 
     .venv/bin/python bench/pacs.py [--studies 10000] [--instances 1000] [--size 256] [--repeat 15]
+                                   [--keep DIR]
+
+With ``--keep DIR`` both servers' storage stays in DIR and the next run starts from it (storing
+11,000 instances into each takes minutes). The servers take turns on every measurement, so a
+machine busy with other work slows both alike.
 """
 from __future__ import annotations
 
@@ -35,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 from dicomnode import demodata  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.conftest import make_config_doc  # noqa: E402
-from tests.conftest import start_sidecar  # noqa: E402
 from tests.conftest import start_orthanc  # noqa: E402
+from tests.conftest import start_sidecar  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 from tests.conftest import write_toml  # noqa: E402
 
@@ -93,15 +98,6 @@ def count_answers(port: int, aet: str, *keys: str) -> int:
     return (result.stdout + result.stderr).count("Find Response:")  # one per pending answer
 
 
-def find_latency(port: int, aet: str, repeat: int, *keys: str) -> float:
-    run(*find_args(port, aet, *keys))  # warm up
-    return statistics.median(run(*find_args(port, aet, *keys)) for _ in range(repeat))
-
-
-def best(n: int, fn: Any) -> float:
-    return min(fn() for _ in range(n))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--studies", type=int, default=10000)
@@ -109,6 +105,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--data", default="/tmp/dolmen-bench-pacs", help="folder caching the generated files")
+    ap.add_argument("--keep", help="keep both servers' storage here and reuse it next time")
     args = ap.parse_args()
     if not shutil.which("findscu") or not os.path.exists("/usr/sbin/Orthanc"):
         print("needs DCMTK (findscu, movescu, getscu, storescp) and Orthanc (/usr/sbin/Orthanc)",
@@ -117,7 +114,9 @@ def main() -> int:
     small, big = write_data(Path(args.data), args.studies, args.instances, args.size)
     big_uid = demodata.uid("study", BIG_PATIENT, 0)
     exact_uid = demodata.uid("study", 1234 // STUDIES_PER_PATIENT, 1234 % STUDIES_PER_PATIENT)
-    base = Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
+    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
+    stored = base / f"stored-{args.studies}-{args.instances}-{args.size}"
     started: list[Any] = []
     try:
         scp_port = free_port()
@@ -139,24 +138,41 @@ def main() -> int:
         servers = {"Dolmen": (dolmen.dicom_port, dolmen.aet), "Orthanc": (orthanc.dicom_port, orthanc.aet)}
         total = args.studies + 1
         for name, (port, aet) in servers.items():
+            if stored.exists():
+                continue
             seconds = store_all(port, aet, small, big)
             print(f"{name}: stored {args.studies + args.instances} instances ({total} studies) "
                   f"in {seconds:.0f} s", flush=True)
+        stored.touch()
 
         wildcard = ("PatientName=*ULLER^ANN*", "StudyInstanceUID", "StudyDate", "ModalitiesInStudy")
         exact = (f"StudyInstanceUID={exact_uid}", "PatientName", "StudyDate")
         figures: dict[str, dict[str, float]] = {name: {} for name in servers}
+        timings: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
+
+        def turns(label: str, n: int, make: Any) -> None:
+            """Both servers, taking turns, ``n`` times (after one warm-up run each)."""
+            for port, aet in servers.values():
+                run(*make(port, aet))
+            for _ in range(n):
+                for name, (port, aet) in servers.items():
+                    timings[name].setdefault(label, []).append(run(*make(port, aet)))
+
         for name, (port, aet) in servers.items():
             figures[name]["answers"] = count_answers(port, aet, *wildcard)
-            figures[name]["wildcard"] = find_latency(port, aet, args.repeat, *wildcard)
-            figures[name]["exact"] = find_latency(port, aet, args.repeat, *exact)
-            move = ("movescu", "-S", "-aet", "BENCH", "-aec", aet, "-aem", "STORESCP", "-k",
-                    "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={big_uid}", "127.0.0.1", str(port))
-            figures[name]["move"] = args.instances / best(2, lambda move=move: run(*move))
-            get = ("getscu", "--ignore", "-S", "-aet", "BENCH", "-aec", aet, "-k", "QueryRetrieveLevel=STUDY",
-                   "-k", f"StudyInstanceUID={big_uid}", "127.0.0.1", str(port))
-            figures[name]["get"] = args.instances / best(2, lambda get=get: run(*get))
-            print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures[name].items()), flush=True)
+        turns("wildcard", args.repeat, lambda port, aet: find_args(port, aet, *wildcard))
+        turns("exact", args.repeat, lambda port, aet: find_args(port, aet, *exact))
+        turns("move", 2, lambda port, aet: (
+            "movescu", "-S", "-aet", "BENCH", "-aec", aet, "-aem", "STORESCP", "-k",
+            "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={big_uid}", "127.0.0.1", str(port)))
+        turns("get", 2, lambda port, aet: (
+            "getscu", "--ignore", "-S", "-aet", "BENCH", "-aec", aet, "-k", "QueryRetrieveLevel=STUDY",
+            "-k", f"StudyInstanceUID={big_uid}", "127.0.0.1", str(port)))
+        for name in servers:
+            t = timings[name]
+            figures[name].update(wildcard=statistics.median(t["wildcard"]),
+                                 exact=statistics.median(t["exact"]),
+                                 move=args.instances / min(t["move"]), get=args.instances / min(t["get"]))
 
         d, o = figures["Dolmen"], figures["Orthanc"]
         mb = sum(p.stat().st_size for p in big.rglob("*.dcm")) / 1e6
@@ -180,7 +196,8 @@ def main() -> int:
                 process.wait(10)
             else:
                 process.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom import association as pynetdicom_association
 from pynetdicom import dimse_messages
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dimse_primitives import C_GET
 from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.dsutils import decode
@@ -488,15 +488,28 @@ def find_answer(ctx: Context, row: Any, request: FindRequest) -> Dataset:
 
 
 def handle_find(event: evt.Event, ctx: Context) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """C-FIND through pynetdicom's service class (see :func:`find_responses` for the statuses).
+
+    The Query/Retrieve models are served by :class:`RetrieveService` (:func:`serve_find`); this
+    handler answers when that service class is not installed.
+    """
+    yield from find_responses(ctx, event.assoc, str(event.request.AffectedSOPClassUID),
+                              lambda: event.identifier, lambda: bool(event.is_cancelled))
+
+
+def find_responses(ctx: Context, assoc: Any, model: str, identifier: Any,
+                   is_cancelled: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """C-FIND (Patient Root and Study Root, every level), answered from the index.
 
-    Yields Pending (0xFF00) with one identifier per match, then ends with Success (0x0000);
-    Cancel (0xFE00) on C-CANCEL; Refused: Not Authorized (0x0124) by access control;
-    Refused: Out of Resources (0xA700) past ``[dicom] max_find_results`` answers; Identifier
-    does not match SOP Class (0xA900) for a wrong level; Unable to process (0xC000) for a
-    malformed matching value. Errors carry an Error Comment.
+    ``identifier()`` decodes the request's identifier; ``is_cancelled()`` tells whether a
+    C-CANCEL came. Yields Pending (0xFF00) with one identifier per match, then ends (the caller
+    sends Success, 0x0000) or yields a final status: Cancel (0xFE00) on C-CANCEL; Refused: Not
+    Authorized (0x0124) by access control; Refused: Out of Resources (0xA700) past
+    ``[dicom] max_find_results`` answers; Identifier does not match SOP Class (0xA900) for a
+    wrong level; Unable to process (0xC000) for a malformed matching value. Errors carry an
+    Error Comment.
     """
-    calling, called, ip = _peer(event)
+    calling, called, ip = _assoc_peer(assoc)
     started = time.monotonic()
     refusal = nodes.access(ctx.settings, calling, ip, "find")
     if refusal:
@@ -504,14 +517,13 @@ def handle_find(event: evt.Event, ctx: Context) -> Iterator[tuple[int | Dataset,
         _log_event(calling, called, ip, "find", False, refusal)
         yield _status(NOT_AUTHORIZED, refusal), None
         return
-    model = str(event.request.AffectedSOPClassUID)
     root = QR_MODELS.get(model, ("STUDY", "find"))[0]
     try:
-        request = read_find_request(event.identifier, root)
-        combined = model in getattr(event.assoc, "dolmen_combined", ())
+        request = read_find_request(identifier(), root)
+        combined = model in getattr(assoc, "dolmen_combined", ())
         rows = query.select(request.level, request.filters, combined_datetime=combined,
                             case_sensitive_pn=ctx.settings["dicom.case_sensitive_pn"])
-    except (DolmenError, ValueError, AttributeError, KeyError) as exc:
+    except (DolmenError, ValueError, AttributeError, KeyError, EOFError) as exc:
         message = exc.message if isinstance(exc, DolmenError) else f"cannot read the identifier: {exc}"
         code = IDENTIFIER_MISMATCH if getattr(exc, "code", "") == "identifier_mismatch" else UNABLE_TO_PROCESS
         LOGGER.warning("C-FIND from %s at %s failed: %s", calling, ip, message)
@@ -526,7 +538,7 @@ def handle_find(event: evt.Event, ctx: Context) -> Iterator[tuple[int | Dataset,
     outcome = ""
     try:
         for row in rows.iterator():
-            if event.is_cancelled:
+            if is_cancelled():
                 final, outcome = CANCEL, "cancelled by the requester"
                 break
             if limit and sent >= limit:
@@ -544,6 +556,40 @@ def handle_find(event: evt.Event, ctx: Context) -> Iterator[tuple[int | Dataset,
     _log_event(calling, called, ip, "find", True, detail, sent, time.monotonic() - started)
     if final is not None:
         yield final, None
+
+
+def serve_find(service: QueryRetrieveServiceClass, ctx: Context, req: Any,
+               context: PresentationContext) -> None:
+    """C-FIND with the answers written straight to the socket (one ``sendall`` each) instead of
+    through pynetdicom's DIMSE encoder and DUL queue; statuses as :func:`find_responses`."""
+    assoc = service.assoc
+    ts = context.transfer_syntax[0]
+    cx_id = int(context.context_id or 0)
+    sop_class = str(req.AffectedSOPClassUID)
+    msg_id = int(req.MessageID)
+
+    def identifier() -> Dataset:
+        return decode(req.Identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+
+    responses = find_responses(ctx, assoc, str(context.abstract_syntax), identifier,
+                               lambda: service.is_cancelled(msg_id))
+    for status, answer in responses:
+        if not assoc.is_established:
+            return
+        code = int(status.Status) if isinstance(status, Dataset) else int(status)
+        comment = str(status.get("ErrorComment", "")) if isinstance(status, Dataset) else ""
+        data = None
+        if answer is not None:
+            data = encode(answer, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+            if data is None:
+                LOGGER.error("C-FIND: cannot encode an answer")
+                code, comment, data = UNABLE_TO_PROCESS, "Cannot encode an answer", None
+        scu.send_response_direct(assoc, cx_id, scu.C_FIND_RSP, sop_class, msg_id, code, data,
+                                 comment=comment)
+        if code != PENDING:
+            return
+    if assoc.is_established:
+        scu.send_response_direct(assoc, cx_id, scu.C_FIND_RSP, sop_class, msg_id, SUCCESS, None)
 
 
 # -- C-MOVE and C-GET -------------------------------------------------------------------------
@@ -614,13 +660,14 @@ def retrieve_items(ctx: Context, root: str, identifier: Dataset) -> tuple[str, l
 
 
 class RetrieveService(QueryRetrieveServiceClass):
-    """Query/Retrieve service class with Dolmen's C-MOVE and C-GET; C-FIND stays pynetdicom's
-    (it calls :func:`handle_find`)."""
+    """Query/Retrieve service class with Dolmen's C-FIND, C-MOVE and C-GET."""
 
     def SCP(self, req: Any, context: PresentationContext) -> None:  # noqa: N802 - pynetdicom's name
         ctx: Context | None = getattr(self.assoc, "dolmen_ctx", None)
         model = str(context.abstract_syntax)
-        if ctx is not None and isinstance(req, C_MOVE) and model in QR_MODELS:
+        if ctx is not None and isinstance(req, C_FIND) and model in QR_MODELS:
+            serve_find(self, ctx, req, context)
+        elif ctx is not None and isinstance(req, C_MOVE) and model in QR_MODELS:
             serve_retrieve(self, ctx, req, context, "move")
         elif ctx is not None and isinstance(req, C_GET) and model in QR_MODELS:
             serve_retrieve(self, ctx, req, context, "get")
@@ -646,32 +693,25 @@ def install_retrieve_service() -> None:
 
 def _respond(service: QueryRetrieveServiceClass, req: Any, context: PresentationContext, status: int,
              progress: Progress | None, *, comment: str = "", final: bool = True) -> None:
-    """Send one C-MOVE/C-GET response: counters, Error Comment and Failed SOP Instance UID List."""
-    rsp = C_MOVE() if isinstance(req, C_MOVE) else C_GET()
-    rsp.MessageIDBeingRespondedTo = req.MessageID
-    rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
-    rsp.Status = status
-    if comment:
-        rsp.ErrorComment = comment[:64]  # type: ignore[assignment]
+    """Send one C-MOVE/C-GET response: counters, Error Comment and Failed SOP Instance UID List.
+
+    Written straight to the socket by this thread, the association's only writer while it
+    serves the request (C-GET's C-STOREs go the same way, :func:`scu.send_c_store_direct`).
+    """
+    counts: tuple[int | None, int | None, int | None, int | None] | None = None
+    data = None
     if progress is not None:
-        if not final or status == CANCEL:
-            rsp.NumberOfRemainingSuboperations = max(progress.remaining, 0)
-        rsp.NumberOfCompletedSuboperations = progress.completed
-        rsp.NumberOfFailedSuboperations = progress.failed
-        rsp.NumberOfWarningSuboperations = progress.warning
+        remaining = max(progress.remaining, 0) if (not final or status == CANCEL) else None
+        counts = (remaining, progress.completed, progress.failed, progress.warning)
         if final and status != SUCCESS and (progress.failed_uids or status in (CANCEL, SUBOPS_WARNING)):
             ts = context.transfer_syntax[0]
             ds = Dataset()
             ds.FailedSOPInstanceUIDList = progress.failed_uids or None
             data = encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
-            if data is not None:
-                rsp.Identifier = BytesIO(data)
-    if isinstance(rsp, C_GET):
-        # C-GET: the C-STOREs on this association are written straight to the socket by this
-        # thread (scu.send_c_store_direct), so its responses are too, never two writers at once.
-        scu.send_msg_direct(service.assoc, rsp, int(context.context_id or 0))
-    else:
-        service.dimse.send_msg(rsp, int(context.context_id or 0))
+    command = scu.C_MOVE_RSP if isinstance(req, C_MOVE) else scu.C_GET_RSP
+    scu.send_response_direct(service.assoc, int(context.context_id or 0), command,
+                             str(req.AffectedSOPClassUID), int(req.MessageID), status, data,
+                             comment=comment, counts=counts)
 
 
 def serve_retrieve(service: QueryRetrieveServiceClass, ctx: Context, req: Any, context: PresentationContext,

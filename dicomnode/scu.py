@@ -56,9 +56,7 @@ from pynetdicom import build_context
 from pynetdicom import build_role
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.dimse import _RSP_TO_MESSAGE
 from pynetdicom.dsutils import split_dataset
-from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import PresentationContext
 
 from dicomnode.config import Settings
@@ -1209,17 +1207,44 @@ def send_c_store_direct(assoc: Association, cx: PresentationContext, item: SendI
     return assoc._check_received_status(rsp)
 
 
-def send_msg_direct(assoc: Association, primitive: Any, context_id: int) -> None:
-    """Send a DIMSE response as pynetdicom's ``send_msg`` does, but writing the PDUs ourselves
-    (for the C-GET responses between our direct C-STOREs: one writer on the socket)."""
-    message = _RSP_TO_MESSAGE[type(primitive)]()
-    message.primitive_to_message(primitive)
-    message.context_id = context_id
-    out = bytearray()
-    for pdata in message.encode_msg(context_id, int(assoc.dimse.maximum_pdu_size or 0)):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(pdata)
-        out += pdu.encode()
+C_FIND_RSP = 0x8020
+C_GET_RSP = 0x8010
+C_MOVE_RSP = 0x8021
+
+
+def send_response_direct(assoc: Association, context_id: int, command_field: int, sop_class_uid: str,
+                         msg_id: int, status: int, dataset: bytes | None, *, comment: str = "",
+                         counts: tuple[int | None, int | None, int | None, int | None] | None = None) -> None:
+    """Write a C-FIND/C-GET/C-MOVE response (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2) straight to the socket.
+
+    ``counts`` are the Number of Remaining, Completed, Failed and Warning Sub-operations (None
+    leaves one out); ``dataset`` the encoded identifier. Same rules as
+    :func:`send_c_store_direct`: the calling thread must be the association's only writer.
+    """
+    parts = [
+        _command_element(0x0002, _padded(sop_class_uid, b"\0")),
+        _command_element(0x0100, command_field.to_bytes(2, "little")),
+        _command_element(0x0120, (msg_id & 0xFFFF).to_bytes(2, "little")),
+        _command_element(0x0800, (0x0101 if dataset is None else 0x0000).to_bytes(2, "little")),
+        _command_element(0x0900, status.to_bytes(2, "little")),
+    ]
+    if comment:
+        text = comment[:64].encode("ascii", "replace")
+        parts.append(_command_element(0x0902, text + b" " if len(text) % 2 else text))
+    for element, value in zip((0x1020, 0x1021, 0x1022, 0x1023), counts or (), strict=False):
+        if value is not None:
+            parts.append(_command_element(element, (value & 0xFFFF).to_bytes(2, "little")))
+    body = b"".join(parts)
+    command = _command_element(0x0000, len(body).to_bytes(4, "little")) + body
+    out = bytearray(_pdv(context_id, 0x03, command) + command)
+    if dataset is not None:
+        max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
+        chunk = max_pdu - 6 if max_pdu else _SEND_BATCH
+        view = memoryview(dataset)
+        for start in range(0, len(view), chunk):
+            piece = view[start:start + chunk]
+            out += _pdv(context_id, 0x02 if start + chunk >= len(view) else 0x00, piece)
+            out += piece
     _socket_of(assoc).sendall(out)
 
 
