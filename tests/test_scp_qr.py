@@ -68,7 +68,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     base = tmp_path_factory.mktemp("qrdata")
     paths = demodata.write(base, patients=PATIENTS, studies=STUDIES, series=SERIES, instances=INSTANCES,
                            size=16)
-    ds = demodata.make_instance(9, 0, 0, 0, 16)
+    ds = demodata.make_instance(9, 0, 0, 0, 96)  # 18 KiB: several PDUs at a 4 KiB maximum
     ds.PatientName = "MÜLLER^JÖRG"
     ds.PatientID = "PAT00009"
     ds.AccessionNumber = "UMLAUT1"
@@ -457,6 +457,20 @@ def test_get_levels_and_models(pacs: DolmenProcess, dcmtk: Dcmtk, tmp_path: Path
     assert len(received(tmp_path)) == count
     row = log_rows(pacs, "get")[-1]
     assert row["accepted"] and row["count"] == count
+
+
+def test_get_with_small_pdus_arrives_whole(pacs: DolmenProcess, dcmtk: Dcmtk, tmp_path: Path,
+                                           files: list[Path]) -> None:
+    """The requester takes 4 KiB PDUs: the file is cut into several data fragments, and what
+    arrives is the stored data set byte for byte."""
+    result = dcmtk("getscu", "-v", "-S", "--max-pdu", "4096", "-aet", "VIEWER", "-aec", pacs.aet,
+                   "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid(9, 0)}",
+                   "-od", str(tmp_path), "127.0.0.1", str(pacs.dicom_port), check=False, timeout=60)
+    assert "Received C-GET Response (Success)" in result.stdout + result.stderr
+    (got,) = [p for p in tmp_path.iterdir() if p.is_file()]
+    sent = pydicom.dcmread(files[-1])
+    back = pydicom.dcmread(got)
+    assert back.PixelData == sent.PixelData and str(back.PatientName) == "MÜLLER^JÖRG"
 
 
 def test_get_counts_an_unoffered_class_as_failed(pacs: DolmenProcess) -> None:
