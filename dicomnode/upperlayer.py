@@ -134,7 +134,7 @@ def _read_exact(raw: socket.socket, n: int, deadline: float) -> bytes | None:
             raw.settimeout(left)
             try:
                 chunk = raw.recv(min(n - got, 256 * 1024))
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 raise _Timeout(got) from None
             if not chunk:
                 return None
@@ -275,8 +275,9 @@ def _read_pdu_data(self: Any) -> None:
         refuse(self, f"{name} PDU sent by the requesting side (out of sequence)", REASON_UNEXPECTED_PDU)
         return
     if pdu_type == 0x01 and len(body) >= 68 and assoc.is_acceptor and not assoc.is_established:
-        if not struct.unpack(">H", body[:2])[0] & 1:  # PS3.8 9.3.2: protocol version, bit 0 set
-            reject(self, f"protocol version 0x{struct.unpack('>H', body[:2])[0]:04X} not supported", 2, source=2)
+        version = struct.unpack(">H", body[:2])[0]
+        if not version & 1:  # PS3.8 9.3.2: protocol version, bit 0 set
+            reject(self, f"protocol version 0x{version:04X} not supported", 2, source=2)
             return
         # PS3.8 9.3.2: called AE title at bytes 11-26 of the PDU, calling AE title at 27-42.
         problem = _ae_problem(body[4:20], "called") or None
@@ -582,8 +583,9 @@ def apply() -> None:
             return
         dul.DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
         dul.DULServiceProvider.run_reactor = _run_reactor(dul.DULServiceProvider.run_reactor)  # type: ignore[method-assign]
-        if not getattr(dimse_messages.NamedTemporaryFile, "_dolmen_tracks", False):
-            dimse_messages.NamedTemporaryFile = _spool_factory(dimse_messages.NamedTemporaryFile)
+        factory = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
+        if not getattr(factory, "_dolmen_tracks", False):
+            dimse_messages.NamedTemporaryFile = _spool_factory(factory)  # type: ignore[attr-defined]
         association.Association.run = _association_run(association.Association.run)  # type: ignore[method-assign]
         provider = dimse.DIMSEServiceProvider
         provider.receive_primitive = _receive_primitive(provider.receive_primitive)  # type: ignore[method-assign]

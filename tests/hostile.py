@@ -29,6 +29,7 @@ The survival contract, asserted after every hostile case::
 The PDU builder (PS3.8 9.3) writes A-ASSOCIATE-RQ, P-DATA-TF, A-RELEASE-RQ and A-ABORT
 PDUs as bytes, so tests can send exactly the malformed stream they mean.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -64,8 +65,12 @@ def hostile_sections(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
     timeouts; ``overrides`` are merged per section (``dicom={"max_associations": 4}``)."""
     sections: dict[str, dict[str, Any]] = {
         "dicom": {"acse_timeout": 5.0, "dimse_timeout": 10.0, "network_timeout": 10.0},
-        "modalities__known": {"aet": KNOWN_AET, "host": "127.0.0.1", "port": free_port(),
-                              "allow": ["echo", "store", "find", "move", "get"]},
+        "modalities__known": {
+            "aet": KNOWN_AET,
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "allow": ["echo", "store", "find", "move", "get"],
+        },
     }
     for name, table in overrides.items():
         sections.setdefault(name, {}).update(table)
@@ -74,8 +79,14 @@ def hostile_sections(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 # -- datasets -----------------------------------------------------------------------------------
 
-def small_instance(study: str = "1.2.826.0.1.3680043.10.1078.1", series: str | None = None,
-                   sop: str | None = None, n: int = 1, size: int = 8) -> Dataset:
+
+def small_instance(
+    study: str = "1.2.826.0.1.3680043.10.1078.1",
+    series: str | None = None,
+    sop: str | None = None,
+    n: int = 1,
+    size: int = 8,
+) -> Dataset:
     """A tiny CT image (``size``² 16-bit pixels) with file meta, ready for C-STORE or ``save_as``."""
     from dicomnode import demodata
 
@@ -105,6 +116,7 @@ def implicit_bytes(ds: Dataset) -> bytes:
 
 # -- raw PDUs (PS3.8 9.3) -------------------------------------------------------------------------
 
+
 def pdu(pdu_type: int, body: bytes, length: int | None = None) -> bytes:
     """A PDU: type, reserved byte, 4-byte big-endian length (``length`` to lie), body."""
     return struct.pack(">BBL", pdu_type, 0, len(body) if length is None else length) + body
@@ -119,24 +131,35 @@ def _uid_item(item_type: int, uid: str) -> bytes:
     return item(item_type, uid.encode("ascii"))
 
 
-def presentation_context(context_id: int, abstract: str = VERIFICATION,
-                         syntaxes: Sequence[str] = (ImplicitVRLittleEndian,)) -> bytes:
+def presentation_context(
+    context_id: int, abstract: str = VERIFICATION, syntaxes: Sequence[str] = (ImplicitVRLittleEndian,)
+) -> bytes:
     """A Presentation Context item (0x20) proposing ``abstract`` with ``syntaxes``."""
     body = struct.pack(">BBBB", context_id, 0, 0, 0) + _uid_item(0x30, abstract)
     body += b"".join(_uid_item(0x40, ts) for ts in syntaxes)
     return item(0x20, body)
 
 
-def user_information(max_pdu: int = 16384, implementation_uid: str = "1.2.826.0.1.3680043.10.1078.99") -> bytes:
+def user_information(
+    max_pdu: int = 16384, implementation_uid: str = "1.2.826.0.1.3680043.10.1078.99"
+) -> bytes:
     """A User Information item (0x50): Maximum Length and Implementation Class UID sub-items."""
     return item(0x50, item(0x51, struct.pack(">L", max_pdu)) + _uid_item(0x52, implementation_uid))
 
 
-def associate_rq(called: bytes | str = "DOLMEN", calling: bytes | str = KNOWN_AET,
-                 contexts: Iterable[bytes] | None = None, *, user_info: bytes | None = None,
-                 max_pdu: int = 16384, extra: bytes = b"", length: int | None = None) -> bytes:
+def associate_rq(
+    called: bytes | str = "DOLMEN",
+    calling: bytes | str = KNOWN_AET,
+    contexts: Iterable[bytes] | None = None,
+    *,
+    user_info: bytes | None = None,
+    max_pdu: int = 16384,
+    extra: bytes = b"",
+    length: int | None = None,
+) -> bytes:
     """An A-ASSOCIATE-RQ PDU (0x01). AE titles are padded to 16 bytes (longer ones are cut,
     pass bytes to write anything); ``contexts`` defaults to one Verification context (id 1)."""
+
     def ae(value: bytes | str) -> bytes:
         raw = value.encode("latin-1") if isinstance(value, str) else value
         return raw[:16].ljust(16, b" ")
@@ -151,8 +174,9 @@ def associate_rq(called: bytes | str = "DOLMEN", calling: bytes | str = KNOWN_AE
 
 def p_data(*pdvs: tuple[int, int, bytes], length: int | None = None) -> bytes:
     """A P-DATA-TF PDU (0x04) of ``(context id, message control header, data)`` values."""
-    body = b"".join(struct.pack(">LBB", len(data) + 2, context_id, header) + data
-                    for context_id, header, data in pdvs)
+    body = b"".join(
+        struct.pack(">LBB", len(data) + 2, context_id, header) + data for context_id, header, data in pdvs
+    )
     return pdu(0x04, body, length)
 
 
@@ -180,15 +204,28 @@ def _ui(uid: str) -> bytes:
 
 def echo_rq(message_id: int = 1) -> bytes:
     """A C-ECHO-RQ command set."""
-    return command_set({0x0002: _ui(VERIFICATION), 0x0100: struct.pack("<H", 0x0030),
-                        0x0110: struct.pack("<H", message_id), 0x0800: struct.pack("<H", 0x0101)})
+    return command_set(
+        {
+            0x0002: _ui(VERIFICATION),
+            0x0100: struct.pack("<H", 0x0030),
+            0x0110: struct.pack("<H", message_id),
+            0x0800: struct.pack("<H", 0x0101),
+        }
+    )
 
 
 def store_rq(sop_class: str, sop_instance: str, message_id: int = 1) -> bytes:
     """A C-STORE-RQ command set (a data set follows)."""
-    return command_set({0x0002: _ui(sop_class), 0x0100: struct.pack("<H", 0x0001),
-                        0x0110: struct.pack("<H", message_id), 0x0700: struct.pack("<H", 0),
-                        0x0800: struct.pack("<H", 0x0000), 0x1000: _ui(sop_instance)})
+    return command_set(
+        {
+            0x0002: _ui(sop_class),
+            0x0100: struct.pack("<H", 0x0001),
+            0x0110: struct.pack("<H", message_id),
+            0x0700: struct.pack("<H", 0),
+            0x0800: struct.pack("<H", 0x0000),
+            0x1000: _ui(sop_instance),
+        }
+    )
 
 
 def status_of(command: bytes) -> int | None:
@@ -203,16 +240,27 @@ def status_of(command: bytes) -> int | None:
     return None
 
 
-def raw_store(port: int, sop_class: str, sop_instance: str, dataset: bytes, transfer_syntax: str,
-              aet: str = KNOWN_AET, max_pdu: int = 16384, timeout: float = 60.0) -> int | None:
+def raw_store(
+    port: int,
+    sop_class: str,
+    sop_instance: str,
+    dataset: bytes,
+    transfer_syntax: str,
+    aet: str = KNOWN_AET,
+    max_pdu: int = 16384,
+    timeout: float = 60.0,
+) -> int | None:
     """C-STORE ``dataset`` (bytes, in ``transfer_syntax``) written PDU by PDU, whatever it holds.
 
     The command set names ``sop_class`` and ``sop_instance`` (which may disagree with the data
     set). Returns the response's status, or ``None`` when the server aborted or closed instead.
     """
     with RawPeer(port, timeout=timeout) as peer:
-        peer.send(associate_rq(calling=aet, contexts=[presentation_context(1, sop_class, [transfer_syntax])],
-                               max_pdu=max_pdu))
+        peer.send(
+            associate_rq(
+                calling=aet, contexts=[presentation_context(1, sop_class, [transfer_syntax])], max_pdu=max_pdu
+            )
+        )
         answer = peer.read_pdu()
         if answer is None or answer[0] != 0x02:
             return None
@@ -221,7 +269,7 @@ def raw_store(port: int, sop_class: str, sop_instance: str, dataset: bytes, tran
         for start in range(0, max(len(dataset), 1), chunk):
             last = start + chunk >= len(dataset)
             try:
-                peer.send(p_data((1, 0x02 if last else 0x00, dataset[start:start + chunk])))
+                peer.send(p_data((1, 0x02 if last else 0x00, dataset[start : start + chunk])))
             except OSError:
                 return None
         status = None
@@ -266,7 +314,7 @@ class RawPeer:
         while len(data) < n:
             try:
                 chunk = self.sock.recv(n - len(data))
-            except (ConnectionResetError, TimeoutError, socket.timeout):
+            except (ConnectionResetError, TimeoutError):
                 return None
             if not chunk:
                 return None
@@ -298,6 +346,7 @@ class RawPeer:
 
 # -- pynetdicom client helpers ---------------------------------------------------------------------
 
+
 def echo(port: int, aet: str = KNOWN_AET, called: str = "DOLMEN", timeout: float = 2.0) -> int:
     """C-ECHO as ``aet``; returns the status (raises when no association or no answer)."""
     from pynetdicom import AE
@@ -317,8 +366,13 @@ def echo(port: int, aet: str = KNOWN_AET, called: str = "DOLMEN", timeout: float
         assoc.release()
 
 
-def store(port: int, datasets: Sequence[Dataset], aet: str = KNOWN_AET, called: str = "DOLMEN",
-          timeout: float = 30.0) -> list[int | None]:
+def store(
+    port: int,
+    datasets: Sequence[Dataset],
+    aet: str = KNOWN_AET,
+    called: str = "DOLMEN",
+    timeout: float = 30.0,
+) -> list[int | None]:
     """C-STORE ``datasets`` over one association; the status of each (``None``: no answer)."""
     from pynetdicom import AE
 
@@ -356,6 +410,7 @@ def assert_no_traceback(text: str | bytes, where: str = "answer") -> None:
 
 
 # -- the survival contract ---------------------------------------------------------------------------
+
 
 def _count(path: str) -> int:
     try:
@@ -455,10 +510,20 @@ class Survival:
         return [str(p) for p in tmp.rglob("*") if p.is_file()] if tmp.exists() else []
 
     # -- the contract
-    def check(self, *, problem: str | None = None, aet: str | None = None, ip: str = "127.0.0.1",
-              restarted: bool = False, forbidden: Iterable[str | os.PathLike[str]] = (),
-              spool_empty: bool = True, tracebacks_ok: bool = False, tolerance: int = 2,
-              settle: float = 20.0, web_resources: bool = False) -> None:
+    def check(
+        self,
+        *,
+        problem: str | None = None,
+        aet: str | None = None,
+        ip: str = "127.0.0.1",
+        restarted: bool = False,
+        forbidden: Iterable[str | os.PathLike[str]] = (),
+        spool_empty: bool = True,
+        tracebacks_ok: bool = False,
+        tolerance: int = 2,
+        settle: float = 20.0,
+        web_resources: bool = False,
+    ) -> None:
         """Assert the survival contract; see the module docstring for each argument's meaning.
         ``web_resources`` also waits for the web process's threads and fds to come back to the
         baseline (for cases aimed at the web process)."""
@@ -476,18 +541,27 @@ class Survival:
         if pid != self.sidecar_pid:
             self.sidecar_pid = pid
         else:
-            wait_for(lambda: self._threads() <= self.threads + tolerance, timeout=settle,
-                     what=f"sidecar threads back to {self.threads} (now {self._threads()})")
+            wait_for(
+                lambda: self._threads() <= self.threads + tolerance,
+                timeout=settle,
+                what=f"sidecar threads back to {self.threads} (now {self._threads()})",
+            )
             try:
                 wait_for(lambda: self._fds() <= self.fds + tolerance, timeout=settle, what="fds")
             except AssertionError:
                 raise AssertionError(f"sidecar fds not back to {self.fds}: {self._fd_targets()}") from None
         if web_resources:
             web = f"/proc/{self.web_pid}"
-            wait_for(lambda: _count(f"{web}/task") <= self.web_threads + tolerance, timeout=settle,
-                     what=f"web threads back to {self.web_threads} (now {_count(web + '/task')})")
-            wait_for(lambda: _count(f"{web}/fd") <= self.web_fds + tolerance, timeout=settle,
-                     what=f"web fds back to {self.web_fds} (now {_count(web + '/fd')})")
+            wait_for(
+                lambda: _count(f"{web}/task") <= self.web_threads + tolerance,
+                timeout=settle,
+                what=f"web threads back to {self.web_threads} (now {_count(web + '/task')})",
+            )
+            wait_for(
+                lambda: _count(f"{web}/fd") <= self.web_fds + tolerance,
+                timeout=settle,
+                what=f"web fds back to {self.web_fds} (now {_count(web + '/fd')})",
+            )
         # Files: nothing outside the storage root, no row without its file, no spool leftovers.
         for path in forbidden:
             assert not os.path.lexists(path), f"a file was written outside the storage root: {path}"
@@ -496,16 +570,24 @@ class Survival:
         missing = self.index_rows_without_file()
         assert not missing, f"index rows without their file: {missing[:10]}"
         if spool_empty:
-            wait_for(lambda: not self.spool_files(), timeout=settle,
-                     what=f"the spool to be empty (left: {self.spool_files()[:5]})")
+            wait_for(
+                lambda: not self.spool_files(),
+                timeout=settle,
+                what=f"the spool to be empty (left: {self.spool_files()[:5]})",
+            )
         # The log names the peer and the problem.
         log = self.new_log()
         if problem is not None:
             pattern = re.compile(problem, re.I)
-            lines = [line for line in log.splitlines() if ip in line and pattern.search(line)
-                     and (aet is None or aet in line)]
-            assert lines, (f"no log line names the peer ({ip}, {aet}) and the problem /{problem}/; "
-                           f"logged since the case started:\n{log[-4000:]}")
+            lines = [
+                line
+                for line in log.splitlines()
+                if ip in line and pattern.search(line) and (aet is None or aet in line)
+            ]
+            assert lines, (
+                f"no log line names the peer ({ip}, {aet}) and the problem /{problem}/; "
+                f"logged since the case started:\n{log[-4000:]}"
+            )
         if not tracebacks_ok:
             assert "Traceback (most recent call last)" not in log, f"a traceback was logged:\n{log[-6000:]}"
         self.rebase()

@@ -1,5 +1,6 @@
 """Hostile data sets through every door (issue 7, datasets): C-STORE written PDU by PDU,
 STOW-RS, the upload form and ``dolmen import``; the survival contract after each case."""
+
 from __future__ import annotations
 
 import shutil
@@ -60,7 +61,9 @@ def split(ds: Dataset, tag: int) -> tuple[bytes, bytes]:
     return explicit(low), explicit(high)
 
 
-def part10(dataset: bytes, sop_class: str, sop_uid: str, ts: str = EXPLICIT, preamble: bytes = b"\0" * 128) -> bytes:
+def part10(
+    dataset: bytes, sop_class: str, sop_uid: str, ts: str = EXPLICIT, preamble: bytes = b"\0" * 128
+) -> bytes:
     return preamble + b"DICM" + encode_file_meta(sop_class, sop_uid, ts) + dataset
 
 
@@ -82,7 +85,11 @@ class Case:
     problem: str = ""
 
     def part10(self) -> bytes:
-        return self.file if self.file is not None else part10(self.dataset, self.sop_class, self.sop_uid, self.ts)
+        return (
+            self.file
+            if self.file is not None
+            else part10(self.dataset, self.sop_class, self.sop_uid, self.ts)
+        )
 
 
 def _with(n: int, **values: str) -> tuple[bytes, str]:
@@ -95,12 +102,15 @@ def _with(n: int, **values: str) -> tuple[bytes, str]:
 def _path_uid_cases() -> list[Case]:
     evil = EVIL_DIR / "x"
     cases = []
-    for n, (label, keyword, value) in enumerate([
-        ("SOP Instance UID ../../x", "SOPInstanceUID", "../../../../../../tmp/dolmen-hostile-target/x"),
-        ("Study Instance UID absolute path", "StudyInstanceUID", str(evil)),
-        ("Series Instance UID with NUL", "SeriesInstanceUID", "1.2.3\0/../../dolmen-hostile-target/x"),
-        ("SOP Instance UID over 64 characters", "SOPInstanceUID", "1." + "2" * 80),
-    ], start=1):
+    for n, (label, keyword, value) in enumerate(
+        [
+            ("SOP Instance UID ../../x", "SOPInstanceUID", "../../../../../../tmp/dolmen-hostile-target/x"),
+            ("Study Instance UID absolute path", "StudyInstanceUID", str(evil)),
+            ("Series Instance UID with NUL", "SeriesInstanceUID", "1.2.3\0/../../dolmen-hostile-target/x"),
+            ("SOP Instance UID over 64 characters", "SOPInstanceUID", "1." + "2" * 80),
+        ],
+        start=1,
+    ):
         data, sop = _with(n, **{keyword: value})
         cases.append(Case(label, data, sop, "rejected", forbidden=[evil, EVIL_DIR], problem=keyword))
     return cases
@@ -108,8 +118,12 @@ def _path_uid_cases() -> list[Case]:
 
 def _nested(depth: int) -> bytes:
     """(0040,A730) Content Sequence items nested ``depth`` deep, undefined lengths."""
-    open_ = (struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + b"\xff\xff\xff\xff"
-             + struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF))
+    open_ = (
+        struct.pack("<HH", 0x0040, 0xA730)
+        + b"SQ\0\0"
+        + b"\xff\xff\xff\xff"
+        + struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    )
     close = struct.pack("<HHL", 0xFFFE, 0xE00D, 0) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
     return open_ * depth + close * depth
 
@@ -119,7 +133,9 @@ def _deflated(megabytes: int) -> bytes:
     ds = small_instance(f"{ROOT_UID}.90", n=1)
     low, high = split(ds, 0x00191010)
     z = zlib.compressobj(9, zlib.DEFLATED, -15)
-    out = [z.compress(low + struct.pack("<HH", 0x0019, 0x1010) + b"OB\0\0" + struct.pack("<L", megabytes << 20))]
+    out = [
+        z.compress(low + struct.pack("<HH", 0x0019, 0x1010) + b"OB\0\0" + struct.pack("<L", megabytes << 20))
+    ]
     zeros = b"\0" * (1 << 20)
     for _ in range(megabytes):
         out.append(z.compress(zeros))
@@ -132,10 +148,28 @@ def cases() -> list[Case]:
     out = _path_uid_cases()
     ds = small_instance(f"{ROOT_UID}.10", n=1)
     good = explicit(ds)
-    out.append(Case("command names another SOP Instance UID", good, ds.SOPInstanceUID, "rejected",
-                    command_uid=f"{ROOT_UID}.10.999", doors=("c-store",), problem="C-STORE command names"))
-    out.append(Case("command names another SOP class", good, ds.SOPInstanceUID, "rejected",
-                    command_class=MR_IMAGE_STORAGE, doors=("c-store",), problem="C-STORE command names"))
+    out.append(
+        Case(
+            "command names another SOP Instance UID",
+            good,
+            ds.SOPInstanceUID,
+            "rejected",
+            command_uid=f"{ROOT_UID}.10.999",
+            doors=("c-store",),
+            problem="C-STORE command names",
+        )
+    )
+    out.append(
+        Case(
+            "command names another SOP class",
+            good,
+            ds.SOPInstanceUID,
+            "rejected",
+            command_class=MR_IMAGE_STORAGE,
+            doors=("c-store",),
+            problem="C-STORE command names",
+        )
+    )
     ds = small_instance(f"{ROOT_UID}.11", n=1)
     low, high = split(ds, 0x00191010)
     lie = struct.pack("<HH", 0x0019, 0x1010) + b"OB\0\0" + struct.pack("<L", 0x7FFFFFF0) + b"\0" * 10
@@ -144,13 +178,28 @@ def cases() -> list[Case]:
     out.append(Case("truncated in the header", explicit(ds)[:300], ds.SOPInstanceUID, "rejected"))
     ds = small_instance(f"{ROOT_UID}.13", n=1)
     low, high = split(ds, 0x00081140)
-    broken = (struct.pack("<HH", 0x0008, 0x1140) + b"SQ\0\0" + struct.pack("<L", 40)
-              + struct.pack("<HHL", 0xFFFE, 0xE000, 500) + b"\x08\x00\x50\x11UI\x10\x00" + b"1.2.3.4.5.6.7.8\0")
-    out.append(Case("sequence item longer than its sequence", low + broken + high, ds.SOPInstanceUID, "rejected"))
+    broken = (
+        struct.pack("<HH", 0x0008, 0x1140)
+        + b"SQ\0\0"
+        + struct.pack("<L", 40)
+        + struct.pack("<HHL", 0xFFFE, 0xE000, 500)
+        + b"\x08\x00\x50\x11UI\x10\x00"
+        + b"1.2.3.4.5.6.7.8\0"
+    )
+    out.append(
+        Case("sequence item longer than its sequence", low + broken + high, ds.SOPInstanceUID, "rejected")
+    )
     ds = small_instance(f"{ROOT_UID}.14", n=1)
     low, high = split(ds, 0x0040A730)
-    out.append(Case("10,000-deep sequence nesting", low + _nested(10_000) + high, ds.SOPInstanceUID, "rejected",
-                    problem="nest|deep|sequence"))
+    out.append(
+        Case(
+            "10,000-deep sequence nesting",
+            low + _nested(10_000) + high,
+            ds.SOPInstanceUID,
+            "rejected",
+            problem="nest|deep|sequence",
+        )
+    )
     ds = small_instance(f"{ROOT_UID}.15", n=1)
     ds.SpecificCharacterSet = "ISO_IR 999"
     ds.PatientName = b"Dol\xffmen^\x1b$Bxx\x1b(B"
@@ -162,8 +211,16 @@ def cases() -> list[Case]:
     # pydicom cannot read a header whose character set holds a NUL: refused with a reason.
     out.append(Case("invalid character set", data, ds.SOPInstanceUID, "rejected"))
     ds = small_instance(f"{ROOT_UID}.17", n=1)
-    out.append(Case("missing file meta", explicit(ds), ds.SOPInstanceUID, "rejected", file=explicit(ds),
-                    doors=("stow", "upload")))
+    out.append(
+        Case(
+            "missing file meta",
+            explicit(ds),
+            ds.SOPInstanceUID,
+            "rejected",
+            file=explicit(ds),
+            doors=("stow", "upload"),
+        )
+    )
     return out
 
 
@@ -197,7 +254,9 @@ def stored(server: DolmenProcess, sop_uid: str) -> bool:
 
     con = sqlite3.connect(server.data / "index.db", timeout=30)
     try:
-        return bool(con.execute("SELECT count(*) FROM instance WHERE sop_instance_uid = ?", (sop_uid,)).fetchone()[0])
+        return bool(
+            con.execute("SELECT count(*) FROM instance WHERE sop_instance_uid = ?", (sop_uid,)).fetchone()[0]
+        )
     finally:
         con.close()
 
@@ -205,23 +264,39 @@ def stored(server: DolmenProcess, sop_uid: str) -> bool:
 def send(door: str, server: DolmenProcess, case: Case, tmp: Path) -> str:
     """Send ``case`` through ``door``; returns "stored" or "rejected" as the door reports it."""
     if door == "c-store":
-        status = raw_store(server.dicom_port, case.command_class or case.sop_class, case.command_uid or case.sop_uid,
-                           case.dataset, case.ts)
+        status = raw_store(
+            server.dicom_port,
+            case.command_class or case.sop_class,
+            case.command_uid or case.sop_uid,
+            case.dataset,
+            case.ts,
+        )
         return "stored" if status in (0x0000, 0xB000, 0xB007, 0xB006) else "rejected"
     data = case.part10()
     if door == "stow":
         boundary = "hostile-boundary-7"
-        body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data
-                + f"\r\n--{boundary}--\r\n".encode())
-        r = server.post("/dicom-web/studies", data=body, headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Accept": "application/dicom+json"})
+        body = (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        r = server.post(
+            "/dicom-web/studies",
+            data=body,
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": "application/dicom+json",
+            },
+        )
         assert_no_traceback(r.text, "STOW-RS answer")
         assert r.status_code in (200, 202, 409), (r.status_code, r.text[:500])
         return "stored" if r.status_code == 200 else "rejected"
     if door == "upload":
-        r = server.post("/upload", files={"files": ("hostile.dcm", data, "application/dicom")},
-                        headers={"Accept": "application/json"})
+        r = server.post(
+            "/upload",
+            files={"files": ("hostile.dcm", data, "application/dicom")},
+            headers={"Accept": "application/json"},
+        )
         assert_no_traceback(r.text, "upload answer")
         assert r.status_code == 200, (r.status_code, r.text[:500])
         rows = r.json()["files"]
@@ -247,7 +322,9 @@ PARAMS = [(name, door) for name, case in CASES.items() for door in case.doors]
 
 
 @pytest.mark.parametrize(("name", "door"), PARAMS, ids=[f"{n}-{d}" for n, d in PARAMS])
-def test_hostile_dataset(server: DolmenProcess, survival: Survival, name: str, door: str, tmp_path: Path) -> None:
+def test_hostile_dataset(
+    server: DolmenProcess, survival: Survival, name: str, door: str, tmp_path: Path
+) -> None:
     case = CASES[name]
     EVIL_DIR.mkdir(exist_ok=True)
     shutil.rmtree(EVIL_DIR)
@@ -265,7 +342,9 @@ def test_hostile_dataset(server: DolmenProcess, survival: Survival, name: str, d
     survival.check(forbidden=case.forbidden)
 
 
-def test_hostile_datasets_through_dolmen_import(server: DolmenProcess, survival: Survival, tmp_path: Path) -> None:
+def test_hostile_datasets_through_dolmen_import(
+    server: DolmenProcess, survival: Survival, tmp_path: Path
+) -> None:
     """Every case as a file given to ``dolmen import`` (one run: an interpreter per case is slow)."""
     EVIL_DIR.mkdir(exist_ok=True)
     shutil.rmtree(EVIL_DIR)
@@ -274,21 +353,38 @@ def test_hostile_datasets_through_dolmen_import(server: DolmenProcess, survival:
         if "c-store" in case.doors and case.command_uid is None and case.command_class is None or case.file:
             paths[case.name] = tmp_path / f"case{n:02d}.dcm"
             paths[case.name].write_bytes(case.part10())
-    result = subprocess.run([sys.executable, "-m", "webapp.cli", "import", "--config", str(server.config),
-                             *map(str, paths.values())], capture_output=True, text=True, cwd=str(ROOT), timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "webapp.cli",
+            "import",
+            "--config",
+            str(server.config),
+            *map(str, paths.values()),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        timeout=300,
+    )
     assert_no_traceback(result.stdout + result.stderr, "dolmen import output")
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])  # some were rejected
     for name, path in paths.items():
         case = CASES[name]
-        assert (f"rejected {path}" in result.stderr) == (case.expect == "rejected"), (name, result.stderr[-3000:])
+        assert (f"rejected {path}" in result.stderr) == (case.expect == "rejected"), (
+            name,
+            result.stderr[-3000:],
+        )
         assert stored(server, case.sop_uid) == (case.expect == "stored"), name
         if case.expect == "stored":
             _delete(server, case.sop_uid)
     survival.check(forbidden=[EVIL_DIR])
 
 
-def test_deflated_data_set_inflating_1000_times_is_bounded(server: DolmenProcess, survival: Survival,
-                                                           tmp_path: Path) -> None:
+def test_deflated_data_set_inflating_1000_times_is_bounded(
+    server: DolmenProcess, survival: Survival, tmp_path: Path
+) -> None:
     """256 KiB of deflate inflating to 256 MiB: memory stays bounded, the answer is clear."""
     data = _deflated(256)
     assert len(data) < 1024 * 1024
@@ -301,20 +397,29 @@ def test_deflated_data_set_inflating_1000_times_is_bounded(server: DolmenProcess
     if status == 0:
         _delete(server, sop)
     case = Case("deflate", data, sop, "", ts=DEFLATED)
-    r = server.post("/upload", files={"files": ("bomb.dcm", case.part10(), "application/dicom")},
-                    headers={"Accept": "application/json"})
+    r = server.post(
+        "/upload",
+        files={"files": ("bomb.dcm", case.part10(), "application/dicom")},
+        headers={"Accept": "application/json"},
+    )
     assert r.status_code == 200
     assert_no_traceback(r.text)
     survival.check()
 
 
-def test_preamble_holding_an_executable_is_downloaded_as_an_attachment(server: DolmenProcess,
-                                                                       survival: Survival) -> None:
+def test_preamble_holding_an_executable_is_downloaded_as_an_attachment(
+    server: DolmenProcess, survival: Survival
+) -> None:
     ds = small_instance(f"{ROOT_UID}.30", n=1)
-    preamble = (b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + b"#!/bin/sh\nrm -rf /\n").ljust(128, b"\0")
+    preamble = (
+        b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + b"#!/bin/sh\nrm -rf /\n"
+    ).ljust(128, b"\0")
     data = part10(explicit(ds), CT_IMAGE_STORAGE, ds.SOPInstanceUID, preamble=preamble)
-    r = server.post("/upload", files={"files": ("setup.exe", data, "application/octet-stream")},
-                    headers={"Accept": "application/json"})
+    r = server.post(
+        "/upload",
+        files={"files": ("setup.exe", data, "application/octet-stream")},
+        headers={"Accept": "application/json"},
+    )
     row = r.json()["files"][0]
     assert row["status"] == "stored", row
     for path in (f"/instances/{row['instance_id']}/file", f"/studies/{row['study_id']}/archive"):
@@ -322,6 +427,8 @@ def test_preamble_holding_an_executable_is_downloaded_as_an_attachment(server: D
         assert r.status_code == 200, path
         assert r.headers["Content-Disposition"].startswith("attachment"), (path, r.headers)
         assert r.headers["X-Content-Type-Options"] == "nosniff"
-        assert r.headers["Content-Type"] in ("application/dicom", "application/zip"), r.headers["Content-Type"]
+        assert r.headers["Content-Type"] in ("application/dicom", "application/zip"), r.headers[
+            "Content-Type"
+        ]
     _delete(server, ds.SOPInstanceUID)
     survival.check()

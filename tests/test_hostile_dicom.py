@@ -1,5 +1,6 @@
 """Hostile peers on the DICOM port (issue 7, DICOM upper layer): raw PDUs written byte by byte
 (PS3.8 9.3), each case followed by the survival contract (:mod:`tests.hostile`)."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -50,9 +51,15 @@ NETWORK_TIMEOUT = 4.0
 def server() -> Iterator[DolmenProcess]:
     """One Dolmen for the module: small PDUs, timeouts and association limit."""
     folder = Path(tempfile.mkdtemp(prefix="dh-", dir="/tmp"))
-    sections = hostile_sections(dicom={"max_pdu": MAX_PDU, "max_associations": MAX_ASSOCIATIONS,
-                                       "acse_timeout": ACSE_TIMEOUT, "network_timeout": NETWORK_TIMEOUT,
-                                       "dimse_timeout": 5.0})
+    sections = hostile_sections(
+        dicom={
+            "max_pdu": MAX_PDU,
+            "max_associations": MAX_ASSOCIATIONS,
+            "acse_timeout": ACSE_TIMEOUT,
+            "network_timeout": NETWORK_TIMEOUT,
+            "dimse_timeout": 5.0,
+        }
+    )
     config = write_toml(folder / "c.toml", make_config_doc(folder / "data", **sections))
     srv = start_dolmen(config, folder / "serve.log")
     yield srv
@@ -110,7 +117,10 @@ def types(received: list[tuple[int, bytes]]) -> list[int]:
 JUNK = {
     "http": (b"GET / HTTP/1.1\r\nHost: dolmen\r\nUser-Agent: curl/8\r\n\r\n", "HTTP request"),
     # A TLS 1.2 ClientHello record header followed by a plausible body.
-    "tls": (bytes.fromhex("160301012c010001280303") + os.urandom(32) + b"\x00\x00\x02\x13\x01\x01\x00", "TLS handshake"),
+    "tls": (
+        bytes.fromhex("160301012c010001280303") + os.urandom(32) + b"\x00\x00\x02\x13\x01\x01\x00",
+        "TLS handshake",
+    ),
     "random": (b"\xaa" + os.urandom(4095), "unknown PDU type 0xAA"),
 }
 
@@ -126,8 +136,11 @@ def test_non_dicom_bytes_are_refused_at_once(server: DolmenProcess, survival: Su
 
 # -- lengths -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", ["associate-rq", "p-data-before-association", "p-data-in-association"])
-def test_pdu_length_of_4_gb_is_refused_before_reading(server: DolmenProcess, survival: Survival, case: str) -> None:
+def test_pdu_length_of_4_gb_is_refused_before_reading(
+    server: DolmenProcess, survival: Survival, case: str
+) -> None:
     pid = server.sidecar_pid()
     before = rss_kb(pid)
     body = os.urandom(60000)
@@ -146,8 +159,12 @@ def test_pdu_length_of_4_gb_is_refused_before_reading(server: DolmenProcess, sur
 
 
 def test_p_data_larger_than_negotiated_maximum(server: DolmenProcess, survival: Survival) -> None:
-    received, closing = exchange(server.dicom_port, associate_rq(max_pdu=MAX_PDU), "READ",
-                                 p_data((1, 0x03, echo_rq() + b"\0" * (MAX_PDU + 100))))
+    received, closing = exchange(
+        server.dicom_port,
+        associate_rq(max_pdu=MAX_PDU),
+        "READ",
+        p_data((1, 0x03, echo_rq() + b"\0" * (MAX_PDU + 100))),
+    )
     assert types(received) == [0x02, 0x07], received
     assert closing < 2.0
     survival.check(problem=rf"P-DATA-TF PDU of \d+ bytes, more than the {MAX_PDU} allowed", aet=KNOWN_AET)
@@ -162,6 +179,7 @@ def test_pdv_length_past_the_end_of_its_pdu(server: DolmenProcess, survival: Sur
 
 # -- malformed A-ASSOCIATE-RQ -----------------------------------------------------------------------
 
+
 def _no_app_context() -> bytes:
     body = struct.pack(">HH", 1, 0) + b"DOLMEN".ljust(16) + KNOWN_AET.encode().ljust(16) + b"\0" * 32
     return pdu(0x01, body + presentation_context(1) + user_information())
@@ -169,21 +187,34 @@ def _no_app_context() -> bytes:
 
 MALFORMED = {
     "item length past the end": (
-        associate_rq(contexts=[item(0x20, presentation_context(1)[4:], length=500)]), 0x07, "malformed A-ASSOCIATE-RQ"),
+        associate_rq(contexts=[item(0x20, presentation_context(1)[4:], length=500)]),
+        0x07,
+        "malformed A-ASSOCIATE-RQ",
+    ),
     "no presentation context": (associate_rq(contexts=[]), 0x03, "no Presentation Context item"),
     "129 presentation contexts": (
-        associate_rq(contexts=[presentation_context((2 * i + 1) % 256) for i in range(129)]), 0x03,
-        "129 presentation contexts"),
+        associate_rq(contexts=[presentation_context((2 * i + 1) % 256) for i in range(129)]),
+        0x03,
+        "129 presentation contexts",
+    ),
     "duplicate context ids": (
-        associate_rq(contexts=[presentation_context(1), presentation_context(1, CT_IMAGE_STORAGE)]), 0x03,
-        "duplicate presentation context identifiers"),
+        associate_rq(contexts=[presentation_context(1), presentation_context(1, CT_IMAGE_STORAGE)]),
+        0x03,
+        "duplicate presentation context identifiers",
+    ),
     "even context id": (associate_rq(contexts=[presentation_context(2)]), 0x03, "not all odd numbers"),
     "no user information": (associate_rq(user_info=b""), 0x03, "no User Information item"),
     "no application context": (_no_app_context(), 0x03, "no Application Context item"),
-    "protocol version 0": (pdu(0x01, struct.pack(">HH", 0, 0) + associate_rq()[10:]), 0x03,
-                           "protocol version 0x0000"),
-    "truncated user information": (associate_rq(user_info=item(0x50, item(0x51, b"\0\0"), length=40)), 0x07,
-                                   "malformed A-ASSOCIATE-RQ"),
+    "protocol version 0": (
+        pdu(0x01, struct.pack(">HH", 0, 0) + associate_rq()[10:]),
+        0x03,
+        "protocol version 0x0000",
+    ),
+    "truncated user information": (
+        associate_rq(user_info=item(0x50, item(0x51, b"\0\0"), length=40)),
+        0x07,
+        "malformed A-ASSOCIATE-RQ",
+    ),
 }
 
 
@@ -201,13 +232,26 @@ def test_malformed_associate_rq(server: DolmenProcess, survival: Survival, case:
 OUT_OF_SEQUENCE = {
     "p-data before the association": ([p_data((1, 0x03, echo_rq()))], [0x07], "P-DATA-TF received before"),
     "release before the association": ([release_rq()], [0x07], "A-RELEASE-RQ received before"),
-    "a-associate-ac from the requestor": ([pdu(0x02, b"\0" * 68)], [0x07], "A-ASSOCIATE-AC PDU sent by the requesting"),
-    "a second a-associate-rq": ([associate_rq(), "READ", associate_rq()], [0x02, 0x07],
-                                "A-ASSOCIATE-RQ received during the association"),
-    "p-data before the a-associate-ac": ([associate_rq() + p_data((1, 0x03, echo_rq()))], None,
-                                         "P-DATA-TF received while its A-ASSOCIATE-RQ"),
-    "undecodable command set": ([associate_rq(), "READ", p_data((1, 0x03, b"\x08\x00" + os.urandom(40)))],
-                                [0x02, 0x07], "invalid DIMSE message|invalid PDU"),
+    "a-associate-ac from the requestor": (
+        [pdu(0x02, b"\0" * 68)],
+        [0x07],
+        "A-ASSOCIATE-AC PDU sent by the requesting",
+    ),
+    "a second a-associate-rq": (
+        [associate_rq(), "READ", associate_rq()],
+        [0x02, 0x07],
+        "A-ASSOCIATE-RQ received during the association",
+    ),
+    "p-data before the a-associate-ac": (
+        [associate_rq() + p_data((1, 0x03, echo_rq()))],
+        None,
+        "P-DATA-TF received while its A-ASSOCIATE-RQ",
+    ),
+    "undecodable command set": (
+        [associate_rq(), "READ", p_data((1, 0x03, b"\x08\x00" + os.urandom(40)))],
+        [0x02, 0x07],
+        "invalid DIMSE message|invalid PDU",
+    ),
 }
 
 
@@ -225,8 +269,9 @@ def test_pdus_out_of_sequence(server: DolmenProcess, survival: Survival, case: s
 
 def test_a_valid_raw_exchange_works(server: DolmenProcess, survival: Survival) -> None:
     """The PDU builder itself is right: a C-ECHO written byte by byte gets its answer."""
-    received, _ = exchange(server.dicom_port, associate_rq(), "READ", p_data((1, 0x03, echo_rq())), "READ",
-                           release_rq())
+    received, _ = exchange(
+        server.dicom_port, associate_rq(), "READ", p_data((1, 0x03, echo_rq())), "READ", release_rq()
+    )
     assert types(received) == [0x02, 0x04, 0x06], received
     assert received[1][1].endswith(b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00")  # (0000,0900) Status 0x0000
     survival.check()
@@ -252,7 +297,9 @@ def test_invalid_ae_titles_are_rejected(server: DolmenProcess, survival: Surviva
     assert "\x1b" not in server.log_text() and "\x07" not in server.log_text()
 
 
-def test_sixteen_character_ae_title_and_long_move_originator(server: DolmenProcess, survival: Survival) -> None:
+def test_sixteen_character_ae_title_and_long_move_originator(
+    server: DolmenProcess, survival: Survival
+) -> None:
     """A calling AE filling all 16 bytes is fine; a C-STORE whose Move Originator AE title is
     40 characters with control characters gets an answer, not a crash."""
     ds = small_instance("1.2.826.0.1.3680043.10.1078.3.1", n=1)
@@ -261,15 +308,21 @@ def test_sixteen_character_ae_title_and_long_move_originator(server: DolmenProce
     extra = struct.pack("<HHL", 0, 0x1030, 40) + b"ORIGIN\x1b[2J" + b"X" * 30
     body = command[12:] + extra
     command = struct.pack("<HHLL", 0, 0, 4, len(body)) + body
-    received, _ = exchange(server.dicom_port,
-                           associate_rq(calling=b"ABCDEFGHIJKLMNOP",
-                                        contexts=[presentation_context(1, CT_IMAGE_STORAGE)]), "READ",
-                           p_data((1, 0x03, command)), p_data((1, 0x02, implicit_bytes(ds))), "READ", release_rq())
+    received, _ = exchange(
+        server.dicom_port,
+        associate_rq(calling=b"ABCDEFGHIJKLMNOP", contexts=[presentation_context(1, CT_IMAGE_STORAGE)]),
+        "READ",
+        p_data((1, 0x03, command)),
+        p_data((1, 0x02, implicit_bytes(ds))),
+        "READ",
+        release_rq(),
+    )
     assert types(received)[:2] == [0x02, 0x04], received
     survival.check()
 
 
 # -- association limit -----------------------------------------------------------------------------
+
 
 def test_more_associations_than_the_limit(server: DolmenProcess, survival: Survival) -> None:
     from pynetdicom import AE
@@ -295,8 +348,10 @@ def test_more_associations_than_the_limit(server: DolmenProcess, survival: Survi
 
 # -- idle and slow peers ---------------------------------------------------------------------------
 
-def test_idle_connections_and_trickling_peers_are_closed_at_the_timeouts(server: DolmenProcess,
-                                                                         survival: Survival) -> None:
+
+def test_idle_connections_and_trickling_peers_are_closed_at_the_timeouts(
+    server: DolmenProcess, survival: Survival
+) -> None:
     idle = [RawPeer(server.dicom_port, timeout=30) for _ in range(200)]
     tricklers = [RawPeer(server.dicom_port, timeout=30) for _ in range(3)]
     established = RawPeer(server.dicom_port, timeout=30)
@@ -318,7 +373,7 @@ def test_idle_connections_and_trickling_peers_are_closed_at_the_timeouts(server:
                     continue
                 data = request if peer is not established else slow_pdata
                 try:
-                    peer.send(data[i % len(data): i % len(data) + 1])
+                    peer.send(data[i % len(data) : i % len(data) + 1])
                 except OSError:
                     closed.add(n)
             i += 1
@@ -330,7 +385,7 @@ def test_idle_connections_and_trickling_peers_are_closed_at_the_timeouts(server:
             peer.sock.settimeout(ACSE_TIMEOUT + 5)
             try:
                 assert peer.sock.recv(10) == b"" or True
-            except (ConnectionResetError, socket.timeout) as exc:
+            except (TimeoutError, ConnectionResetError) as exc:
                 if isinstance(exc, socket.timeout):
                     raise AssertionError("an idle connection outlived the ACSE timeout") from exc
     finally:
@@ -341,12 +396,15 @@ def test_idle_connections_and_trickling_peers_are_closed_at_the_timeouts(server:
 
 # -- a peer leaving in the middle of a C-STORE ----------------------------------------------------
 
+
 @pytest.mark.parametrize("how", ["a-abort", "vanish"])
 def test_peer_leaving_mid_store_stores_nothing(server: DolmenProcess, survival: Survival, how: str) -> None:
     ds = small_instance("1.2.826.0.1.3680043.10.1078.4.1", n=1, size=64)
     data = implicit_bytes(ds)
     with RawPeer(server.dicom_port) as peer:
-        peer.send(associate_rq(contexts=[presentation_context(1, CT_IMAGE_STORAGE, [ImplicitVRLittleEndian])]))
+        peer.send(
+            associate_rq(contexts=[presentation_context(1, CT_IMAGE_STORAGE, [ImplicitVRLittleEndian])])
+        )
         assert peer.read_pdu()[0] == 0x02  # type: ignore[index]
         peer.send(p_data((1, 0x03, store_rq(CT_IMAGE_STORAGE, ds.SOPInstanceUID))))
         peer.send(p_data((1, 0x00, data[: len(data) // 2])))  # a data fragment, not the last
@@ -358,19 +416,24 @@ def test_peer_leaving_mid_store_stores_nothing(server: DolmenProcess, survival: 
             peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
     wait_for(lambda: server.status()["associations"] == 0, timeout=10, what="the association to end")
     survival.check(problem="aborted", aet=KNOWN_AET)  # the spool must be empty too
-    assert server.get(f"/api/statistics").status_code == 200
+    assert server.get("/api/statistics").status_code == 200
     import sqlite3
 
     con = sqlite3.connect(server.data / "index.db")
     try:
-        assert con.execute("SELECT count(*) FROM instance WHERE sop_instance_uid = ?",
-                           (ds.SOPInstanceUID,)).fetchone()[0] == 0
+        assert (
+            con.execute(
+                "SELECT count(*) FROM instance WHERE sop_instance_uid = ?", (ds.SOPInstanceUID,)
+            ).fetchone()[0]
+            == 0
+        )
     finally:
         con.close()
 
 
-def test_many_hostile_connections_at_once_leave_the_others_working(server: DolmenProcess,
-                                                                    survival: Survival) -> None:
+def test_many_hostile_connections_at_once_leave_the_others_working(
+    server: DolmenProcess, survival: Survival
+) -> None:
     """All of the above at the same time, while stores go on."""
     cases = [JUNK[k][0] for k in JUNK] + [m[0] for m in MALFORMED.values()] + [p_data((1, 3, echo_rq()))]
 
@@ -379,7 +442,7 @@ def test_many_hostile_connections_at_once_leave_the_others_working(server: Dolme
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         jobs = [pool.submit(hostile, n) for n in range(60)]
-        for k in range(3):
+        for _ in range(3):
             assert echo(server.dicom_port, KNOWN_AET, "DOLMEN", 2.0) == 0
         for job in jobs:
             job.result(timeout=60)

@@ -1,5 +1,6 @@
 """The PDU mutator (tests/fuzz_pdu.py) against a live Dolmen, then the survival contract:
 10 seconds in ``make test``, 5 minutes under ``make test-long`` (``DOLMEN_LONG_TESTS=1``)."""
+
 from __future__ import annotations
 
 import os

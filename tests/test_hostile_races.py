@@ -4,6 +4,7 @@ STOW-RS ends as exactly one study; a SOP Instance UID seen in another study is r
 ``make test`` runs the storm reduced (6 clients × 2 rounds); ``make test-long``
 (``DOLMEN_LONG_TESTS=1``) runs it as the issue states it: 20 clients × 5 rounds.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -28,21 +29,34 @@ STUDY = "1.2.826.0.1.3680043.10.1078.6.1"
 
 def stow(server: DolmenProcess, files: list[bytes]) -> tuple[int, str]:
     boundary = "storm-boundary"
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f + b"\r\n"
-                    for f in files) + f"--{boundary}--\r\n".encode()
-    r = server.post("/dicom-web/studies", data=body, headers={
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        "Accept": "application/dicom+json"})
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f + b"\r\n" for f in files
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    r = server.post(
+        "/dicom-web/studies",
+        data=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        },
+    )
     return r.status_code, r.text
 
 
 def counts(server: DolmenProcess, study: str) -> tuple[int, int]:
     con = sqlite3.connect(server.data / "index.db", timeout=30)
     try:
-        studies = con.execute("SELECT count(*) FROM study WHERE study_instance_uid = ?", (study,)).fetchone()[0]
+        studies = con.execute("SELECT count(*) FROM study WHERE study_instance_uid = ?", (study,)).fetchone()[
+            0
+        ]
         instances = con.execute(
             "SELECT count(*) FROM instance JOIN series ON instance.series_pk = series.pk "
-            "JOIN study ON series.study_pk = study.pk WHERE study.study_instance_uid = ?", (study,)).fetchone()[0]
+            "JOIN study ON series.study_pk = study.pk WHERE study.study_instance_uid = ?",
+            (study,),
+        ).fetchone()[0]
         return studies, instances
     finally:
         con.close()

@@ -4,6 +4,7 @@ The kill loop stores ~600 instances over 8 associations in ``make test`` and 10,
 ``make test-long`` (``DOLMEN_LONG_TESTS=1``), killing the sidecar with SIGKILL every
 second or so: every instance acknowledged with Success is present and byte-identical.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -49,11 +50,19 @@ MAX_KILLS = 1000 if LONG else 6
 
 def stow(server: DolmenProcess, data: bytes) -> tuple[int, str]:
     boundary = "res-boundary"
-    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data
-            + f"\r\n--{boundary}--\r\n".encode())
-    r = server.post("/dicom-web/studies", data=body, headers={
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        "Accept": "application/dicom+json"})
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    r = server.post(
+        "/dicom-web/studies",
+        data=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        },
+    )
     return r.status_code, r.text
 
 
@@ -72,8 +81,8 @@ def find_studies(port: int) -> int:
     query.StudyInstanceUID = ""
     status = None
     try:
-        for status, _identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-            pass
+        for answer, _identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            status = answer
     finally:
         assoc.release()
     assert status is not None and "Status" in status
@@ -93,7 +102,9 @@ def tmpfs() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="df-", dir="/tmp"))
     mnt = folder / "mnt"
     mnt.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True
+    )
     if result.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode(errors='replace').strip()}")
@@ -106,7 +117,9 @@ def tmpfs() -> Iterator[Path]:
 
 def test_storage_full(tmpfs: Path) -> None:
     data = tmpfs / "mnt" / "data"
-    config = write_toml(tmpfs / "c.toml", make_config_doc(data, **hostile_sections(storage={"min_free_mb": 6})))
+    config = write_toml(
+        tmpfs / "c.toml", make_config_doc(data, **hostile_sections(storage={"min_free_mb": 6}))
+    )
     server = start_dolmen(config, tmpfs / "serve.log")
     try:
         survival = Survival(server)
@@ -122,11 +135,17 @@ def test_storage_full(tmpfs: Path) -> None:
         fp = DicomBytesIO()
         fp.is_little_endian, fp.is_implicit_VR = True, False
         write_dataset(fp, ds)
-        assert raw_store(server.dicom_port, CT_IMAGE_STORAGE, ds.SOPInstanceUID, fp.getvalue(), EXPLICIT) == 0xA700
+        assert (
+            raw_store(server.dicom_port, CT_IMAGE_STORAGE, ds.SOPInstanceUID, fp.getvalue(), EXPLICIT)
+            == 0xA700
+        )
         code, text = stow(server, encode(ds))
         assert code == 409 and '"00081197"' in text and "42752" in text, (code, text)  # 0xA700 = 42752
-        r = server.post("/upload", files={"files": ("a.dcm", encode(ds), "application/dicom")},
-                        headers={"Accept": "application/json"})
+        r = server.post(
+            "/upload",
+            files={"files": ("a.dcm", encode(ds), "application/dicom")},
+            headers={"Accept": "application/json"},
+        )
         assert r.status_code == 507, (r.status_code, r.text[:300])
         assert_no_traceback(r.text)
         # Echo, find and the pages keep working.
@@ -169,7 +188,9 @@ def test_index_unavailable(dolmen_factory) -> None:  # type: ignore[no-untyped-d
     assert {p for p in (server.data / "files").rglob("*.dcm")} == files_before
     con = sqlite3.connect(server.data / "index.db")
     try:
-        assert con.execute("SELECT count(*) FROM instance WHERE sop_instance_uid = ?", (sop,)).fetchone()[0] == 0
+        assert (
+            con.execute("SELECT count(*) FROM instance WHERE sop_instance_uid = ?", (sop,)).fetchone()[0] == 0
+        )
     finally:
         con.close()
     # Once the index is back, the same instance is stored.
@@ -178,6 +199,7 @@ def test_index_unavailable(dolmen_factory) -> None:  # type: ignore[no-untyped-d
 
 
 # -- the kill loop ---------------------------------------------------------------------------------
+
 
 class Sidecar:
     """``python -m dicomnode.sidecar`` started by hand (as the supervisor would, without backoff)."""
@@ -188,9 +210,13 @@ class Sidecar:
 
     def start(self, port: int) -> None:
         logf = open(self.log, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "dicomnode.sidecar", "--config", str(self.config)],
-                                     stdout=logf, stderr=subprocess.STDOUT, cwd=str(ROOT),
-                                     env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicomnode.sidecar", "--config", str(self.config)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
         logf.close()
 
         def listening() -> bool:
@@ -220,7 +246,7 @@ def stored_dataset_bytes(path: Path) -> bytes:
     assert raw[128:132] == b"DICM"
     # (0002,0000) File Meta Information Group Length, explicit VR little endian UL.
     group_length = int.from_bytes(raw[140:144], "little")
-    return raw[144 + group_length:]
+    return raw[144 + group_length :]
 
 
 def test_sigkill_loop_loses_no_acknowledged_instance(short_tmp: Path) -> None:

@@ -1,6 +1,7 @@
 """A hostile remote answering our C-GET and C-MOVE retrieves (issue 7, datasets): the
 instances it sends carry UIDs that are paths. Nothing is filed under them, nothing is written
 outside the storage root, the job reports the failures, and the survival contract holds."""
+
 from __future__ import annotations
 
 import tempfile
@@ -68,16 +69,25 @@ def remote() -> Iterator[dict[str, Any]]:
     for cx in StoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, scu_role=True, scp_role=True)
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_GET, on_get), (evt.EVT_C_MOVE, on_move)])
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get), (evt.EVT_C_MOVE, on_move)]
+    )
     yield state
     server.shutdown()
 
 
 @pytest.mark.parametrize("kind", ["get", "move"])
 def test_hostile_remote_retrieve(dolmen_factory, remote: dict[str, Any], kind: str) -> None:  # type: ignore[no-untyped-def]
-    server = dolmen_factory(**hostile_sections(modalities__hostile={
-        "aet": "HOSTILE", "host": "127.0.0.1", "port": remote["port"], "allow": ["echo", "store"]}))
+    server = dolmen_factory(
+        **hostile_sections(
+            modalities__hostile={
+                "aet": "HOSTILE",
+                "host": "127.0.0.1",
+                "port": remote["port"],
+                "allow": ["echo", "store"],
+            }
+        )
+    )
     remote["dolmen_port"] = server.dicom_port
     survival = Survival(server)
     client = ControlClient(server.control_socket)
