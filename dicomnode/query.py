@@ -391,8 +391,10 @@ def answer(row: Any, level: str, keywords: Iterable[str] | None = None) -> dict[
 
 #: Sort keys for lists: name -> field(s), per level.
 ORDER = {
-    STUDY: {"date": (Study.study_date, Study.study_time), "name": (Patient.patient_name_key,),
-            "id": (Patient.patient_id,), "accession": (Study.accession_number,),
+    # By patient: the patient's primary key after the name breaks ties patient by patient, so the
+    # order is the patient index's own and the joined study rows come in order without a sort.
+    STUDY: {"date": (Study.study_date, Study.study_time), "name": (Patient.patient_name_key, Patient.pk),
+            "id": (Patient.patient_id, Patient.pk), "accession": (Study.accession_number,),
             "description": (Study.study_description,), "modality": (Study.modalities_in_study,),
             "instances": (Study.num_instances,), "received": (Study.created_at,)},
     PATIENT: {"name": (Patient.patient_name_key,), "id": (Patient.patient_id,),
@@ -471,11 +473,11 @@ def list_page(level: str, filters: Mapping[str, Any], sort: str | None, *, desce
               number: int = 1, size: int = 50, case_sensitive_pn: bool = False) -> Page:
     """Page ``number`` of the rows of ``level`` matching ``filters``, sorted by ``sort`` (:data:`ORDER`).
 
-    Counts with :func:`count`. The first page is one LIMIT query. A later page first reads the
-    primary keys of its rows (LIMIT/OFFSET over narrow rows: from the level's table alone, an
-    index scan, when nothing is filtered and the sort key is the level's own column), then
-    loads only those rows with their parents: an OFFSET of thousands then skips index entries
-    or keys, not joined rows.
+    Counts with :func:`count`, then reads the primary keys of the page's rows (LIMIT/OFFSET over
+    narrow rows: from the level's table alone, an index scan, when nothing is filtered and the
+    sort key is the level's own column), then loads only those rows with their parents. An
+    OFFSET of thousands then skips index entries or keys, not joined rows, and SQLite plans the
+    narrow query on the sort's index where the wide one would sort every joined row.
     """
     level = level.upper()
     total = count(level, filters, case_sensitive_pn=case_sensitive_pn)
@@ -484,8 +486,9 @@ def list_page(level: str, filters: Mapping[str, Any], sort: str | None, *, desce
     number = min(max(1, number), max(1, -(-total // size)))
     offset = (number - 1) * size
     model: Any = MODEL.get(level)
-    if not offset or model is None:
-        return Page(list(order(rows, level, sort, descending).limit(size)), number, size, total)
+    if model is None:
+        plain = order(rows, level, sort, descending).limit(size).offset(offset)
+        return Page(list(plain), number, size, total)
     keys: Any = ORDER.get(level, {})
     fields = keys.get(sort or "", None) or next(iter(keys.values()), ())
     own = is_universal(filters) and all(f.model is model for f in fields)
