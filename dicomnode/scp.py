@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import tempfile
 import threading
 import time
@@ -449,42 +450,95 @@ def _read_from_instance(ctx: Context, row: Any, level: str, tags: list[int]) -> 
         return None
 
 
-def find_answer(ctx: Context, row: Any, request: FindRequest) -> Dataset:
-    """The C-FIND answer for one matching row: every requested key, from the index (or a file)."""
+#: One element of a C-FIND answer: (tag, VR, value), value a str, an int, None (empty) or a list.
+AnswerElement = tuple[int, str, Any]
+
+
+def find_answer_elements(ctx: Context, row: Any, request: FindRequest) -> list[AnswerElement]:
+    """The C-FIND answer for one matching row, in tag order: every requested key, from the index
+    (or, with ``[dicom] find_read_files``, a file), the level, and (0008,0005) *Specific Character
+    Set* ``ISO_IR 192`` (UTF-8) when a value is not ASCII (PS3.4 C.4.1.1.3.2: the SCP may choose).
+    """
     values = query.answer(row, request.level)
-    out = Dataset()
-    out.QueryRetrieveLevel = request.level
+    out: dict[int, AnswerElement] = {0x00080052: (0x00080052, "CS", request.level)}
     missing: list[DataElement] = []
-    non_ascii = False
     for elem in request.requested:
-        attr = query.BY_TAG.get(int(elem.tag))
+        tag = int(elem.tag)
+        attr = query.BY_TAG.get(tag)
         if attr is None:
             missing.append(elem)
             continue
-        value = _value_for(attr.vr, values.get(attr.keyword))
-        if isinstance(value, str) and not value.isascii():
-            non_ascii = True
-        out.add_new(elem.tag, attr.vr, value)
-    unique = query.UNIQUE_KEY[request.level]
-    if unique not in out:
-        setattr(out, unique, values.get(unique) or None)
+        out[tag] = (tag, attr.vr, _value_for(attr.vr, values.get(attr.keyword)))
+    unique = query.ATTRIBUTES[query.UNIQUE_KEY[request.level]]
+    if unique.tag not in out:
+        out[unique.tag] = (unique.tag, unique.vr, values.get(unique.keyword) or None)
     source = None
     if missing and ctx.settings["dicom.find_read_files"]:
         source = _read_from_instance(ctx, row, request.level, [int(e.tag) for e in missing])
     for elem in missing:
+        tag = int(elem.tag)
         if source is not None and elem.tag in source:
             found = source[elem.tag]
             value = found.value
             if isinstance(value, PersonName):
                 value = str(value)
-            if isinstance(value, str) and not value.isascii():
-                non_ascii = True
-            out.add_new(elem.tag, found.VR, value)
+            out[tag] = (tag, found.VR, value)
         else:
-            out.add_new(elem.tag, elem.VR, [] if elem.VR == "SQ" else None)
-    if non_ascii:
-        out.SpecificCharacterSet = "ISO_IR 192"  # UTF-8 (PS3.4 C.4.1.1.3.2: the SCP may choose)
-    return out
+            out[tag] = (tag, elem.VR, [] if elem.VR == "SQ" else None)
+    if any(isinstance(v, str) and not v.isascii() for _t, _vr, v in out.values()):
+        out[0x00080005] = (0x00080005, "CS", "ISO_IR 192")
+    return [out[tag] for tag in sorted(out)]
+
+
+def answer_dataset(elements: list[AnswerElement]) -> Dataset:
+    """A pydicom Dataset of answer elements (for pynetdicom, and for what the fast encoder leaves)."""
+    ds = Dataset()
+    for tag, vr, value in elements:
+        ds.add_new(tag, vr, value)
+    return ds
+
+
+def find_answer(ctx: Context, row: Any, request: FindRequest) -> Dataset:
+    """The C-FIND answer for one matching row as a Dataset (see :func:`find_answer_elements`)."""
+    return answer_dataset(find_answer_elements(ctx, row, request))
+
+
+_TEXT_VRS = frozenset(("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UI"))
+_IMPLICIT = struct.Struct("<HHI")
+_EXPLICIT = struct.Struct("<HH2sH")
+
+
+def encode_answer(elements: list[AnswerElement], implicit: bool) -> bytes | None:
+    """Little Endian bytes of answer elements that are all text, or ``None`` (use pydicom).
+
+    Answers from the index are short strings; writing them here costs a tenth of building
+    and encoding a pydicom Dataset, which C-FIND pays once per match.
+    """
+    utf8 = any(tag == 0x00080005 for tag, _vr, _v in elements)
+    parts = []
+    for tag, vr, value in elements:
+        if vr not in _TEXT_VRS:
+            return None
+        if value is None:
+            raw = b""
+        elif isinstance(value, (str, int)) and not isinstance(value, bool):
+            try:
+                raw = str(value).encode("utf-8" if utf8 else "ascii")
+            except UnicodeEncodeError:
+                return None
+            if len(raw) % 2:
+                raw += b"\0" if vr == "UI" else b" "
+        else:
+            return None
+        if len(raw) > 0xFFFE:
+            return None
+        group, element = tag >> 16, tag & 0xFFFF
+        if implicit:
+            parts.append(_IMPLICIT.pack(group, element, len(raw)))
+        else:
+            parts.append(_EXPLICIT.pack(group, element, vr.encode("ascii"), len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
 
 
 def handle_find(event: evt.Event, ctx: Context) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -493,16 +547,18 @@ def handle_find(event: evt.Event, ctx: Context) -> Iterator[tuple[int | Dataset,
     The Query/Retrieve models are served by :class:`RetrieveService` (:func:`serve_find`); this
     handler answers when that service class is not installed.
     """
-    yield from find_responses(ctx, event.assoc, str(event.request.AffectedSOPClassUID),
-                              lambda: event.identifier, lambda: bool(event.is_cancelled))
+    for status, answer in find_responses(ctx, event.assoc, str(event.request.AffectedSOPClassUID),
+                                         lambda: event.identifier, lambda: bool(event.is_cancelled)):
+        yield status, (answer_dataset(answer) if isinstance(answer, list) else answer)
 
 
 def find_responses(ctx: Context, assoc: Any, model: str, identifier: Any,
-                   is_cancelled: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+                   is_cancelled: Any) -> Iterator[tuple[int | Dataset, list[AnswerElement] | None]]:
     """C-FIND (Patient Root and Study Root, every level), answered from the index.
 
     ``identifier()`` decodes the request's identifier; ``is_cancelled()`` tells whether a
-    C-CANCEL came. Yields Pending (0xFF00) with one identifier per match, then ends (the caller
+    C-CANCEL came. Yields Pending (0xFF00) with the elements of one answer per match
+    (:func:`find_answer_elements`), then ends (the caller
     sends Success, 0x0000) or yields a final status: Cancel (0xFE00) on C-CANCEL; Refused: Not
     Authorized (0x0124) by access control; Refused: Out of Resources (0xA700) past
     ``[dicom] max_find_results`` answers; Identifier does not match SOP Class (0xA900) for a
@@ -546,7 +602,7 @@ def find_responses(ctx: Context, assoc: Any, model: str, identifier: Any,
                            "([dicom] max_find_results)")
                 final = _status(OUT_OF_RESOURCES, f"Too many matches: first {limit} sent, narrow the query")
                 break
-            yield PENDING, find_answer(ctx, row, request)
+            yield PENDING, find_answer_elements(ctx, row, request)
             sent += 1
     except peewee.DatabaseError as exc:
         outcome = f"index error: {exc}"
@@ -580,7 +636,10 @@ def serve_find(service: QueryRetrieveServiceClass, ctx: Context, req: Any,
         comment = str(status.get("ErrorComment", "")) if isinstance(status, Dataset) else ""
         data = None
         if answer is not None:
-            data = encode(answer, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+            plain = ts.is_little_endian and not ts.is_deflated
+            data = encode_answer(answer, ts.is_implicit_VR) if plain else None
+            if data is None:
+                data = encode(answer_dataset(answer), ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
             if data is None:
                 LOGGER.error("C-FIND: cannot encode an answer")
                 code, comment, data = UNABLE_TO_PROCESS, "Cannot encode an answer", None

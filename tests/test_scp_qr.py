@@ -691,3 +691,17 @@ def test_concurrent_clients_and_a_stalled_one(pacs: DolmenProcess, viewer: Path,
     for name, result in results.items():
         assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
     assert elapsed < 20, f"the stalled clients held the others up: {elapsed:.1f} s"
+
+
+def test_answer_encoder_writes_what_pydicom_writes() -> None:
+    """The C-FIND answer fast path gives pydicom's bytes, and leaves what it cannot write to pydicom."""
+    from pynetdicom.dsutils import encode
+
+    from dicomnode import scp
+
+    elements = [(0x00080005, "CS", "ISO_IR 192"), (0x00080020, "DA", "20150101"), (0x00080052, "CS", "STUDY"),
+                (0x00080061, "CS", "CT\\MR"), (0x00080080, "LO", None), (0x00100010, "PN", "MÜLLER^JÖRG"),
+                (0x0020000D, "UI", "1.2.345"), (0x00201208, "IS", "12")]
+    for implicit in (True, False):
+        assert scp.encode_answer(elements, implicit) == encode(scp.answer_dataset(elements), implicit, True)
+    assert scp.encode_answer([(0x00081110, "SQ", [])], True) is None
