@@ -22,7 +22,7 @@ def badge_of(html: str) -> Any:
 def test_every_page_says_when_the_dicom_service_is_down(client: Any, path: str) -> None:
     badge = badge_of(client.get(path).get_data(as_text=True))  # the app fixture runs no sidecar
     assert badge["data-dicom-state"] == "down"
-    assert badge.get_text(strip=True) == "DICOM: down"
+    assert badge.get_text(strip=True) == "DICOM down"
     assert badge["href"] == "/system"
     assert "not running" in badge["title"]
 
@@ -60,6 +60,6 @@ def test_badge_follows_a_sidecar_killed_and_restarted(dolmen_factory: Any) -> No
     wait_for(lambda: state() == "restarting", timeout=10, what="the badge to say restarting")
     wait_for(lambda: state() == "restarted", timeout=30, what="the badge to say restarted")
     badge = badge_of(server.get("/patients").text)
-    assert badge.get_text(strip=True) == "DICOM: up, restarted"
+    assert badge.get_text(strip=True) == "DICOM restarted"
     assert "killed by signal 9" in badge["title"] and "restarted 1 time" in badge["title"]
     assert server.sidecar_pid() != old

@@ -57,16 +57,16 @@ class Services:
         if sup is None:
             up, why = self._probe()
             if up:
-                return {"state": "up", "label": "DICOM: up", "title": "The DICOM service is running."}
-            return {"state": "down", "label": "DICOM: down", "title": why}
+                return {"state": "up", "label": "DICOM up", "title": "The DICOM service is running."}
+            return {"state": "down", "label": "DICOM down", "title": why}
         state = sup.state
         history = sup.describe()
         if state.last_exit_at is None or time.time() - state.last_exit_at > self.RESTART_NOTICE:
             if state.running:
-                return {"state": "up", "label": "DICOM: up", "title": "The DICOM service is running."}
+                return {"state": "up", "label": "DICOM up", "title": "The DICOM service is running."}
         if state.running and self._probe()[0]:
-            return {"state": "restarted", "label": "DICOM: up, restarted", "title": history}
-        return {"state": "restarting", "label": "DICOM: restarting",
+            return {"state": "restarted", "label": "DICOM restarted", "title": history}
+        return {"state": "restarting", "label": "DICOM restarting",
                 "title": f"The DICOM service stopped and is being restarted. {history}".strip()}
 
     def _probe(self) -> tuple[bool, str]:
