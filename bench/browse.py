@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -73,6 +74,72 @@ def populate(data: Path, studies: int) -> tuple[str, Path]:
     index.close_index()
     print(f"Indexed {studies} studies in {time.perf_counter() - start:.1f} s")
     return result.instance_id, ct
+
+
+def scale_up(data: Path, copies: int) -> int:
+    """Add ``copies`` copies of every indexed patient, study, series and instance row.
+
+    Each copy gets its own Patient ID, UIDs and Orthanc identifiers (computed as ingest does),
+    so the list pages see ``copies + 1`` times the studies. The copies share the originals'
+    files (their ``path`` gets a suffix): only list pages are timed on them. Returns the
+    number of studies now indexed.
+    """
+    from dicomnode import ids
+    from dicomnode.index import Instance
+    from dicomnode.index import Patient
+    from dicomnode.index import Series
+    from dicomnode.index import Study
+
+    index.open_index(f"sqlite:///{data / 'index.db'}", synchronous_full=False)
+    try:
+        patients = list(Patient.select().dicts())
+        studies = list(Study.select().dicts())
+        series = list(Series.select().dicts())
+        instances = list(Instance.select().dicts())
+        by_pk = {"patient": {p["pk"]: p for p in patients}, "study": {s["pk"]: s for s in studies},
+                 "series": {s["pk"]: s for s in series}}
+        start = time.perf_counter()
+        top = max(r["pk"] for r in patients + studies + series + instances)
+        step = 10 ** len(str(top))  # copy k of the row with pk n gets pk k * step + n
+        for k in range(1, copies + 1):
+            rows: dict[str, list[dict[str, Any]]] = {"patient": [], "study": [], "series": [], "instance": []}
+            for p in patients:
+                pid = f"{p['patient_id']}-{k}"
+                rows["patient"].append({**p, "pk": k * step + p["pk"], "patient_id": pid,
+                                        "public_id": ids.patient_id(pid)})
+            for st in studies:
+                pid = f"{by_pk['patient'][st['patient']]['patient_id']}-{k}"
+                uid = f"{st['study_instance_uid']}.{k}"
+                rows["study"].append({**st, "pk": k * step + st["pk"], "patient": k * step + st["patient"],
+                                      "study_instance_uid": uid, "public_id": ids.study_id(pid, uid),
+                                      "accession_number": f"{st['accession_number']}-{k}"})
+            for se in series:
+                st = by_pk["study"][se["study"]]
+                pid = f"{by_pk['patient'][st['patient']]['patient_id']}-{k}"
+                uid = f"{se['series_instance_uid']}.{k}"
+                public_id = ids.series_id(pid, f"{st['study_instance_uid']}.{k}", uid)
+                rows["series"].append({**se, "pk": k * step + se["pk"], "study": k * step + se["study"],
+                                       "series_instance_uid": uid, "public_id": public_id})
+            for i in instances:
+                se = by_pk["series"][i["series"]]
+                st = by_pk["study"][se["study"]]
+                pid = f"{by_pk['patient'][st['patient']]['patient_id']}-{k}"
+                uid = f"{i['sop_instance_uid']}.{k}"
+                rows["instance"].append({
+                    **i, "pk": k * step + i["pk"], "series": k * step + i["series"], "sop_instance_uid": uid,
+                    "path": f"{i['path']}.copy{k}",
+                    "public_id": ids.instance_id(pid, f"{st['study_instance_uid']}.{k}",
+                                                 f"{se['series_instance_uid']}.{k}", uid)})
+            with index.db.atomic():
+                for model, name in ((Patient, "patient"), (Study, "study"), (Series, "series"),
+                                    (Instance, "instance")):
+                    for n in range(0, len(rows[name]), 500):
+                        model.insert_many(rows[name][n:n + 500]).execute()
+        total = Study.select().count()
+        print(f"Copied the rows {copies} times in {time.perf_counter() - start:.1f} s: {total} studies")
+        return int(total)
+    finally:
+        index.close_index()
 
 
 def reuse(data: Path, studies: int) -> tuple[str, Path]:
@@ -123,16 +190,26 @@ def main() -> int:
     ap.add_argument("--studies", type=int, default=10000)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--keep", type=Path, help="keep the indexed data here and reuse it in later runs")
+    ap.add_argument("--copies", type=int, default=0,
+                    help="then copy the rows this many times (e.g. 9: 100,000 studies; list pages only)")
     args = ap.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="bb-", dir="/tmp"))
     base.mkdir(parents=True, exist_ok=True)
     server = None
+    scratch: list[Path] = []
     try:
         data = base / "data"
         if (data / "index.db").exists():
             ct_id, ct_file = reuse(data, args.studies)
         else:
             ct_id, ct_file = populate(data, args.studies)
+        studies = args.studies
+        if args.copies:  # on a copy of the data folder, which --keep keeps as it was
+            copy = Path(tempfile.mkdtemp(prefix="bb-", dir="/tmp"))
+            shutil.copytree(data, copy / "data", ignore=shutil.ignore_patterns("run", "tmp"))
+            scratch.append(copy)
+            data = copy / "data"
+            studies = scale_up(data, args.copies) - 1
         doc = make_config_doc(data, storage={"fsync": False}, log={"level": "WARNING"})
         server = start_dolmen(write_toml(base / "dolmen.toml", doc), base / "dolmen.log")
         session = requests.Session()
@@ -146,7 +223,7 @@ def main() -> int:
             ("/studies htmx partial (HX-Request)", "/studies?name=s*", {"HX-Request": "true"}),
             ("/patients (first page)", "/patients", None),
         ]
-        print(f"dolmen serve with {args.studies} studies; {args.runs} requests each, one kept-alive "
+        print(f"dolmen serve with {studies} studies; {args.runs} requests each, one kept-alive "
               "connection")
         first = 0.0
         for label, path, headers in pages:
@@ -166,6 +243,8 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
         if args.keep:
             print(f"Data kept in {base}")
         else:
