@@ -11,6 +11,8 @@ import concurrent.futures
 import os
 import sqlite3
 
+import pytest
+
 from tests.conftest import DolmenProcess
 from tests.hostile import CT_IMAGE_STORAGE
 from tests.hostile import Survival
@@ -62,6 +64,7 @@ def counts(server: DolmenProcess, study: str) -> tuple[int, int]:
         con.close()
 
 
+@pytest.mark.timeout(3600 if LONG else 300)
 def test_the_same_study_from_many_clients_at_once_is_one_study(dolmen_factory) -> None:  # type: ignore[no-untyped-def]
     server = dolmen_factory(**hostile_sections(dicom={"max_associations": CLIENTS + 8}))
     survival = Survival(server)

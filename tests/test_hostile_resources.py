@@ -46,6 +46,8 @@ LONG = bool(os.environ.get("DOLMEN_LONG_TESTS"))
 EXPLICIT = "1.2.840.10008.1.2.1"
 #: SIGKILLs in the kill loop: each restart costs a new interpreter (~2 s on a busy machine).
 MAX_KILLS = 1000 if LONG else 6
+#: Seconds between a restart and the next SIGKILL (random within the range).
+KILL_EVERY = (1.0, 3.0) if LONG else (0.3, 1.0)
 
 
 def stow(server: DolmenProcess, data: bytes) -> tuple[int, str]:
@@ -249,6 +251,7 @@ def stored_dataset_bytes(path: Path) -> bytes:
     return raw[144 + group_length :]
 
 
+@pytest.mark.timeout(3600 if LONG else 300)
 def test_sigkill_loop_loses_no_acknowledged_instance(short_tmp: Path) -> None:
     total = 10_000 if LONG else 600
     workers = 8
@@ -300,7 +303,7 @@ def test_sigkill_loop_loses_no_acknowledged_instance(short_tmp: Path) -> None:
     def killer() -> None:
         nonlocal kills
         rng = random.Random(7)
-        while not done.wait(rng.uniform(0.3, 1.0)) and kills < MAX_KILLS:
+        while not done.wait(rng.uniform(*KILL_EVERY)) and kills < MAX_KILLS:
             sidecar.kill()
             kills += 1
             sidecar.start(port)
