@@ -22,7 +22,20 @@ pynetdicom trusts what a peer sends more than a server on a hospital network may
   ``[dicom] max_associations``, so 200 idle connections kept every modality out until
   they timed out; here only associations past their A-ASSOCIATE-RQ count, and at most
   :data:`MAX_PENDING` connections may wait for theirs (a new one closes the oldest);
-* it listened with a backlog of 5, so the sixth connection of a burst waited a second.
+* it listened with a backlog of 5, so the sixth connection of a burst waited a second;
+* it accepted A-ASSOCIATE-RQs without presentation contexts, with 129 of them, duplicate or
+  even identifiers, no User Information or Application Context item, AE titles of spaces or
+  control characters, syntax names that are not UIDs; here they get an A-ASSOCIATE-RJ
+  (PS3.8 9.3.4) and a log line;
+* a PDU out of sequence left the connection open until the ARTIM timer; our own answer
+  arriving after it raised ``InvalidEventError`` in the DUL thread; a command set it could
+  not read raised inside its state machine: each now ends in an A-ABORT and a closed
+  connection, logged once;
+* a C-STORE data set whose association ended before it was handled (the peer aborted,
+  vanished, or sent another command first) stayed in the spool folder with its descriptor
+  open; each association now removes its unhandled spool files when it ends;
+* its own log lines carried the peer's text raw (a newline in an AE title forges a line):
+  they are escaped (:class:`PeerInputFilter`).
 """
 from __future__ import annotations
 
