@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Generator
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
@@ -552,8 +553,11 @@ def handle_find(event: evt.Event, ctx: Context) -> Iterator[tuple[int | Dataset,
         yield status, (answer_dataset(answer) if isinstance(answer, list) else answer)
 
 
+FindResponse = tuple[int | Dataset, list[AnswerElement] | None]
+
+
 def find_responses(ctx: Context, assoc: Any, model: str, identifier: Any,
-                   is_cancelled: Any) -> Iterator[tuple[int | Dataset, list[AnswerElement] | None]]:
+                   is_cancelled: Any) -> Generator[FindResponse, None, None]:
     """C-FIND (Patient Root and Study Root, every level), answered from the index.
 
     ``identifier()`` decodes the request's identifier; ``is_cancelled()`` tells whether a
@@ -643,12 +647,18 @@ def serve_find(service: QueryRetrieveServiceClass, ctx: Context, req: Any,
             if data is None:
                 LOGGER.error("C-FIND: cannot encode an answer")
                 code, comment, data = UNABLE_TO_PROCESS, "Cannot encode an answer", None
-        scu.send_response_direct(assoc, cx_id, scu.C_FIND_RSP, sop_class, msg_id, code, data,
-                                 comment=comment)
+        try:
+            scu.send_response_direct(assoc, cx_id, scu.C_FIND_RSP, sop_class, msg_id, code, data,
+                                     comment=comment)
+        except OSError as exc:  # the requester went away; the association ends on its own
+            LOGGER.info("Cannot send a C-FIND response: %s", exc)
+            responses.close()
+            return
         if code != PENDING:
             return
     if assoc.is_established:
-        scu.send_response_direct(assoc, cx_id, scu.C_FIND_RSP, sop_class, msg_id, SUCCESS, None)
+        with contextlib.suppress(OSError):
+            scu.send_response_direct(assoc, cx_id, scu.C_FIND_RSP, sop_class, msg_id, SUCCESS, None)
 
 
 # -- C-MOVE and C-GET -------------------------------------------------------------------------
@@ -768,9 +778,12 @@ def _respond(service: QueryRetrieveServiceClass, req: Any, context: Presentation
             ds.FailedSOPInstanceUIDList = progress.failed_uids or None
             data = encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
     command = scu.C_MOVE_RSP if isinstance(req, C_MOVE) else scu.C_GET_RSP
-    scu.send_response_direct(service.assoc, int(context.context_id or 0), command,
-                             str(req.AffectedSOPClassUID), int(req.MessageID), status, data,
-                             comment=comment, counts=counts)
+    try:
+        scu.send_response_direct(service.assoc, int(context.context_id or 0), command,
+                                 str(req.AffectedSOPClassUID), int(req.MessageID), status, data,
+                                 comment=comment, counts=counts)
+    except OSError as exc:  # the requester went away; the association ends on its own
+        LOGGER.info("Cannot send a C-MOVE/C-GET response: %s", exc)
 
 
 def serve_retrieve(service: QueryRetrieveServiceClass, ctx: Context, req: Any, context: PresentationContext,
@@ -833,8 +846,9 @@ def serve_retrieve(service: QueryRetrieveServiceClass, ctx: Context, req: Any, c
     cancelled = False
 
     def is_cancelled() -> bool:
+        # A C-CANCEL, or the requester gone: either way the sub-operations stop.
         nonlocal cancelled
-        cancelled = cancelled or service.is_cancelled(req.MessageID)
+        cancelled = cancelled or service.is_cancelled(req.MessageID) or not assoc.is_established
         return cancelled
 
     last_pending = 0.0
