@@ -59,8 +59,10 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
 
+from dicomnode import render
 from dicomnode.config import Settings
 from dicomnode.errors import RemoteError
+from dicomnode.errors import RenderError
 from dicomnode.nodes import Node
 
 LOGGER = logging.getLogger(__name__)
@@ -1270,11 +1272,17 @@ def _store_one(
                     f"({UID(item.transfer_syntax_uid).name} or uncompressed): "
                     "it does not store this kind of object"
                 )
-            ds = pydicom.dcmread(item.path)
             if UID(item.transfer_syntax_uid).is_compressed:
-                ds.decompress(generate_instance_uid=False)  # the same instance, decoded
+                # The same instance, decoded frame by frame behind the renderer's guards, in its
+                # worker processes (a codec fed a corrupt stream may loop, allocate or crash).
+                ds = render.decompressed(item.path)
+            else:
+                ds = pydicom.dcmread(item.path)
             report.transcoded += 1
             response = assoc.send_c_store(ds, msg_id=msg_id, **move_kw)
+    except RenderError as exc:
+        report.failed += 1
+        return None, f"Cannot send this instance: {exc.message}"
     except (OSError, ValueError, AttributeError, NotImplementedError, RuntimeError) as exc:
         report.failed += 1
         return None, f"Cannot send this instance: {type(exc).__name__}: {exc}"

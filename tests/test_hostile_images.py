@@ -522,3 +522,48 @@ def test_fuzz_findings_are_render_errors(tmp_path: Path) -> None:
     with pytest.raises(RenderError) as caught:
         render.render(path)
     assert caught.value.code == "render_error"  # a message of its own, not the safety net
+
+
+def test_sending_a_corrupt_compressed_instance_decoded_for_the_peer(tmp_path: Path) -> None:
+    """The sidecar decompresses for a peer that takes only uncompressed syntaxes through the same
+    guarded workers: a stream that made pylibjpeg-rle panic (a BaseException that escaped the
+    send loop) is one failed instance, and the next one goes."""
+    from pynetdicom import AE
+    from pynetdicom import evt
+    from pynetdicom.sop_class import MRImageStorage
+
+    from dicomnode import config
+    from dicomnode import scu
+    from dicomnode.nodes import Node
+    from tests.conftest import free_port
+
+    study = short_uid()
+    bad = compressed_cases(study)["rle-16bit-bit-flips"]
+    good = _fresh(pydicom.dcmread(TEST_FILES / "MR_small_jp2klossless.dcm"), study)
+    items = []
+    for name, ds in (("bad", bad), ("good", good)):
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(encode(ds))
+        items.append(scu.SendItem(str(path), str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                  str(ds.file_meta.TransferSyntaxUID), path.stat().st_size))
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.dataset.SOPInstanceUID))
+        return 0
+
+    ae = AE(ae_title="PLAIN")
+    ae.add_supported_context(MRImageStorage)  # uncompressed syntaxes only
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        settings = config.from_dict({"storage": {"path": str(tmp_path / "s")}, "dicom": {"port": 4242}})
+        failures: list[str] = []
+        report = scu.send(settings, Node("plain", "PLAIN", "127.0.0.1", port, ()), items,
+                          on_result=lambda item, status, message: failures.append(message) if status is None
+                          else None)
+    finally:
+        server.shutdown()
+    assert (report.sent, report.failed) == (1, 1), failures
+    assert received == [str(good.SOPInstanceUID)]
+    assert "could not be decoded" in failures[0] or "decoder failed" in failures[0], failures
