@@ -176,16 +176,32 @@ def test_index_unavailable(dolmen_factory) -> None:  # type: ignore[no-untyped-d
     sop = str(ds.SOPInstanceUID)
     con = sqlite3.connect(server.data / "index.db", timeout=5, isolation_level=None)
     files_before = {p for p in (server.data / "files").rglob("*.dcm")}
+    web_ds = small_instance("1.2.826.0.1.3680043.10.1078.8.2", n=1)
     try:
         con.execute("BEGIN EXCLUSIVE")
         started = time.monotonic()
-        statuses = store(server.dicom_port, [ds], timeout=90)
+        # C-STORE, STOW-RS and the upload form at the same time: each waits out the busy timeout.
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            dicom = pool.submit(store, server.dicom_port, [ds], timeout=90)
+            web = pool.submit(stow, server, encode(web_ds))
+            upload = pool.submit(
+                server.post,
+                "/upload",
+                files={"files": ("a.dcm", encode(web_ds), "application/dicom")},
+                headers={"Accept": "application/json"},
+            )
+            statuses, (stow_code, stow_text), upload_answer = dicom.result(), web.result(), upload.result()
         waited = time.monotonic() - started
     finally:
         con.rollback()
         con.close()
     assert statuses == [0x0110], [hex(s or 0) for s in statuses]
-    assert waited < 60
+    assert stow_code == 409 and '"Value":[272]' in stow_text.replace(" ", ""), stow_text  # 0x0110
+    assert_no_traceback(stow_text)
+    assert upload_answer.status_code == 200, upload_answer.text[:300]
+    rows = upload_answer.json()["files"]
+    assert rows[0]["status"] == "rejected" and "index is unavailable" in rows[0]["reason"], rows
+    assert waited < 85  # bounded: web writers queue behind one another, each waits out busy_timeout
     # Nothing half-stored: no row, no new file, no spool leftovers.
     assert {p for p in (server.data / "files").rglob("*.dcm")} == files_before
     con = sqlite3.connect(server.data / "index.db")
