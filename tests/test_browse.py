@@ -91,6 +91,9 @@ def test_study_list_shows_every_study_with_count(filled: Any, client: Any) -> No
     assert page.select_one("nav.mainnav a[aria-current=page]").get_text() == "Studies"
     # Newest first by default: the PDF of 2024 leads.
     assert column(page, 3)[0].startswith("2024-01-02")
+    # The modality filter offers each modality of the archive once, sorted.
+    options = page.select("select#f-modality option")
+    assert [o.get("value", o.get_text()) for o in options] == ["", "CT", "DOC", "MR"]
 
 
 @pytest.mark.parametrize(("args", "expected_ids"), [
@@ -181,22 +184,22 @@ def test_later_pages_equal_a_plain_limit_offset_for_every_sort(app: Any, short_t
 
     files = demodata.write(short_tmp / "paged", patients=23, studies=3, series=1, instances=1, size=8)
     ingest(app, *files)  # 69 studies; dates and names repeat, so ties are broken by the primary key
-    filter_sets = [{}, {"PatientName": "*A*"}, {"StudyDate": "20150101-20201231"}]
+    cases = [(query.STUDY, f) for f in ({}, {"PatientName": "*A*"}, {"StudyDate": "20150101-20201231"})]
+    cases += [(query.PATIENT, f) for f in ({}, {"PatientName": "*A*"})]
     with app.app_context():
-        for level, filters_list in ((query.STUDY, filter_sets), (query.PATIENT, [{}, {"PatientName": "*A*"}])):
-            for filters in filters_list:
-                for sort in query.ORDER[level]:
-                    for descending in (False, True):
-                        plain = query.order(query.select(level, filters), level, sort, descending)
-                        total = query.count(level, filters)
-                        for number in (1, 2, 3, 4):
-                            page = query.list_page(level, filters, sort, descending=descending, number=number,
-                                                   size=10)
-                            expected = [r.pk for r in plain.limit(10).offset((page.number - 1) * 10)]
-                            assert [r.pk for r in page.rows] == expected, (level, filters, sort, descending, number)
-                            assert page.total == total
-                            if level == query.STUDY and page.rows:  # parents come loaded with the rows
-                                assert page.rows[0].patient.patient_id.startswith("PAT")
+        for level, filters in cases:
+            for sort in query.ORDER[level]:
+                for descending in (False, True):
+                    plain = query.order(query.select(level, filters), level, sort, descending)
+                    total = query.count(level, filters)
+                    for number in (1, 2, 3, 4):
+                        page = query.list_page(level, filters, sort, descending=descending, number=number,
+                                               size=10)
+                        expected = [r.pk for r in plain.limit(10).offset((page.number - 1) * 10)]
+                        assert [r.pk for r in page.rows] == expected, (level, filters, sort, number)
+                        assert page.total == total
+                        if level == query.STUDY and page.rows:  # parents come loaded with the rows
+                            assert page.rows[0].patient.patient_id.startswith("PAT")
 
 
 def test_htmx_gets_the_results_partial_and_every_hx_get_is_an_href(filled: Any, client: Any) -> None:
@@ -267,7 +270,8 @@ def test_patient_study_series_pages_show_modules_and_children(filled: Any, clien
 def test_modules_say_what_they_hold_and_name_uids(filled: Any, client: Any) -> None:
     def values(page: BeautifulSoup, module: int) -> dict[str, str]:
         dl = page.select(".side .module")[module].select_one("dl")
-        return {dt.get_text(strip=True): dd.get_text(" ", strip=True) for dt, dd in zip(dl.select("dt"), dl.select("dd"))}
+        pairs = zip(dl.select("dt"), dl.select("dd"), strict=True)
+        return {dt.get_text(strip=True): dd.get_text(" ", strip=True) for dt, dd in pairs}
 
     with filled.app_context():
         study = one(Patient, Patient.patient_id == "PAT00001").studies.get()
