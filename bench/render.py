@@ -6,10 +6,11 @@ Run from the repository root::
 
 Generates the instance with numpy + pydicom in a temporary folder, then prints the
 mean and median time of ``dicomnode.render.render`` for a full-size PNG preview and a
-256-pixel thumbnail. When ``/usr/sbin/Orthanc`` exists it is started on free ports
-with a temporary configuration, given the same file through ``POST /instances``, and
-``GET /instances/{id}/preview`` is timed the same way (one kept-alive HTTP
-connection); the ratio Orthanc / Dolmen is printed. Orthanc is stopped at the end.
+256-pixel thumbnail, and for the same instance RLE and JPEG 2000 compressed, decoded in
+the renderer's worker processes and in process (the cost of the isolation). When
+``/usr/sbin/Orthanc`` exists it is started on free ports with a temporary configuration,
+given the same file through ``POST /instances``, and ``GET /instances/{id}/preview`` is
+timed the same way (one kept-alive HTTP connection); the ratio Orthanc / Dolmen is printed. Orthanc is stopped at the end.
 """
 
 from __future__ import annotations
@@ -181,6 +182,33 @@ def wait_for_orthanc(process: subprocess.Popen[bytes], port: int) -> http.client
     raise RuntimeError("Orthanc did not answer within 60 s")
 
 
+def bench_compressed(path: Path, workdir: Path, runs: int) -> None:
+    """The same CT compressed: decoded in the renderer's worker processes, then in process."""
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless
+    from pydicom.uid import RLELossless
+
+    from dicomnode.decodepool import DEFAULT_WORKERS
+    from dicomnode.render import configure_decoding
+    from dicomnode.render import start_decoding
+
+    start_decoding()
+    for syntax, label in ((RLELossless, "RLE"), (JPEG2000Lossless, "JPEG 2000")):
+        ds = pydicom.dcmread(path)
+        try:
+            ds.compress(syntax)
+        except Exception as exc:  # noqa: BLE001 - no encoder for this syntax here
+            print(f"{syntax.name}: not benchmarked ({exc})")
+            continue
+        target = workdir / f"ct-{syntax}.dcm"
+        ds.save_as(target)
+        render(target)  # the workers are up and warm
+        report(f"Dolmen render() {label} preview, worker", timed(lambda t=target: render(t), runs))
+        configure_decoding(workers=0)
+        report(f"Dolmen render() {label} preview, in process", timed(lambda t=target: render(t), runs))
+        configure_decoding(workers=DEFAULT_WORKERS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
@@ -197,6 +225,7 @@ def main() -> None:
         auto = workdir / "ct-no-window.dcm"
         make_ct(auto, window=False)
         report("Dolmen render() PNG preview, auto window", timed(lambda: render(auto), args.runs))
+        bench_compressed(path, workdir, args.runs)
         if ORTHANC.exists():
             orthanc = bench_orthanc(path, workdir, args.runs)
             if orthanc is not None:
