@@ -10,7 +10,8 @@ mean and median time of ``dicomnode.render.render`` for a full-size PNG preview 
 the renderer's worker processes and in process (the cost of the isolation). When
 ``/usr/sbin/Orthanc`` exists it is started on free ports with a temporary configuration,
 given the same file through ``POST /instances``, and ``GET /instances/{id}/preview`` is
-timed the same way (one kept-alive HTTP connection); the ratio Orthanc / Dolmen is printed. Orthanc is stopped at the end.
+timed the same way (one kept-alive HTTP connection); the ratio Orthanc / Dolmen is printed.
+Orthanc is stopped at the end.
 """
 
 from __future__ import annotations
