@@ -42,10 +42,10 @@ from dicomnode.errors import DolmenError
 from dicomnode.errors import RejectedInstance
 from dicomnode.errors import StorageFull
 from dicomnode.index import Instance
-from dicomnode.index import db
 from dicomnode.index import Patient
 from dicomnode.index import Series
 from dicomnode.index import Study
+from dicomnode.index import db
 from dicomnode.index import utcnow
 from dicomnode.index import write_transaction
 from dicomnode.resources import remove_instance_rows

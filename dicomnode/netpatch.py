@@ -37,6 +37,7 @@ import select
 import struct
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
@@ -216,6 +217,7 @@ _STORE_RQ_VR = {
     0x1030: "AE",  # Move Originator Application Entity Title
     0x1031: "US",  # Move Originator Message ID
 }
+_STORE_RQ_REQUIRED = frozenset({0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000})
 _SIZE = {"UL": 4, "US": 2}
 
 
@@ -246,7 +248,7 @@ def _store_request(elements: dict[int, bytes]) -> C_STORE | None:
     trailing padding removed) and set through the primitive's own validating setters, so
     the primitive is the one ``DIMSEMessage.message_to_primitive`` would build.
     """
-    if not elements.keys() <= _STORE_RQ_VR.keys() or not {0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000} <= elements.keys():
+    if not elements.keys() <= _STORE_RQ_VR.keys() or not _STORE_RQ_REQUIRED <= elements.keys():
         return None
     values: dict[int, Any] = {}
     for element, raw in elements.items():
@@ -303,7 +305,8 @@ def _start_store(provider: Any, primitive: Any) -> tuple[Any, Any] | None:
     if len(data) < 2 or data[0] & 3 != 3:  # not a whole command set in one fragment (PS3.8 E.2)
         return None
     assoc = provider.assoc
-    if LOGGER_PYNETDICOM.isEnabledFor(logging.INFO) or not _quiet(assoc, evt.EVT_DIMSE_RECV, standard_dimse_recv_handler):
+    if LOGGER_PYNETDICOM.isEnabledFor(logging.INFO) \
+            or not _quiet(assoc, evt.EVT_DIMSE_RECV, standard_dimse_recv_handler):
         return None  # someone wants the decoded command set
     elements = parse_command_set(bytes(data[1:]))
     cx = assoc._accepted_cx.get(context_id)
@@ -315,11 +318,12 @@ def _start_store(provider: Any, primitive: Any) -> tuple[Any, Any] | None:
     msg.context_id = context_id
     msg._dolmen_request = request  # type: ignore[attr-defined]
     if pynetdicom_config.STORE_RECV_CHUNKED_DATASET:
-        spool = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")  # type: ignore[attr-defined]
+        spool: Any = dimse_messages.NamedTemporaryFile(  # type: ignore[attr-defined]
+            delete=False, mode="wb", suffix=".dcm")
         msg._data_set_file = spool
-        msg._data_set_path = dimse_messages.Path(spool.name)
+        msg._data_set_path = Path(spool.name)
         spool.write(b"\0" * 128 + b"DICM" + encode_file_meta(
-            request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, cx.transfer_syntax[0]))
+            str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), cx.transfer_syntax[0]))
     more = None
     if len(pdvs) > 1:
         more = P_DATA()
@@ -454,7 +458,7 @@ def apply() -> None:
 
         def ready(self: Any) -> bool:
             # TLS sockets may hold decrypted data select() cannot see: keep pynetdicom's check.
-            if transport._HAS_SSL and isinstance(self.socket, transport.ssl.SSLSocket):
+            if transport._HAS_SSL and isinstance(self.socket, transport.ssl.SSLSocket):  # type: ignore[attr-defined]
                 time.sleep(0.001)
                 return bool(original_ready.fget(self))  # type: ignore[attr-defined]
             return _ready(self)
@@ -465,9 +469,9 @@ def apply() -> None:
         association.time = _TimeShim(0.001)  # type: ignore[attr-defined,assignment]
         dul.time = _TimeShim(0)  # type: ignore[attr-defined,assignment]
         dul.DULServiceProvider.stop_dul = _stop_dul  # type: ignore[method-assign]
-        transport.deepcopy = _copy_contexts  # type: ignore[attr-defined]
-        dimse_messages.create_file_meta = _create_file_meta  # type: ignore[attr-defined]
-        dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined]
+        transport.deepcopy = _copy_contexts  # type: ignore[attr-defined,assignment]
+        dimse_messages.create_file_meta = _create_file_meta  # type: ignore[attr-defined,assignment]
+        dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined,assignment]
         provider = dimse.DIMSEServiceProvider
         provider.receive_primitive = _receive_primitive(provider.receive_primitive)  # type: ignore[method-assign]
         provider.send_msg = _send_msg(provider.send_msg)  # type: ignore[method-assign]

@@ -18,15 +18,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from concurrent.futures import Future
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 import secrets
 import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from typing import BinaryIO
@@ -223,7 +224,7 @@ class Store:
         """
         if not self.fsync or size > EARLY_SYNC_MAX:
             return None
-        return self._pool().submit(_fsync_file, spool)
+        return self._submit(_fsync_file, spool)
 
     def commit(self, spool: str | os.PathLike[str], synced: Future[None] | None = None) -> str:
         """Make a spooled file durable under a new server-generated name; return its relative path.
@@ -261,7 +262,12 @@ class Store:
                 raise
             self._make_folder(folder)  # removed behind our back
             os.rename(spool, final)
-        return Placed(rel, self._pool().submit(_fsync_dir, folder) if self.fsync else None)
+        if not self.fsync:
+            return Placed(rel, None)
+        synced_folder = self._submit(_fsync_dir, folder)
+        if synced_folder is None:
+            _fsync_dir(folder)
+        return Placed(rel, synced_folder)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._sync_pool is None:
@@ -269,6 +275,14 @@ class Store:
                 if self._sync_pool is None:
                     self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
         return self._sync_pool
+
+    def _submit(self, fsync: Callable[[str | os.PathLike[str]], None],
+                path: str | os.PathLike[str]) -> Future[None] | None:
+        """Run ``fsync(path)`` in the background; ``None`` if the store was closed meanwhile."""
+        try:
+            return self._pool().submit(fsync, path)
+        except RuntimeError:  # "cannot schedule new futures after shutdown": a close() raced us
+            return None
 
     def close(self) -> None:
         """Stop the background fsync threads once the fsyncs under way are done.

@@ -237,7 +237,8 @@ class _Trace:
         monkeypatch.setattr(database, "commit", traced_commit)
 
 
-def test_contract_order_file_fsync_rename_folder_fsync_commit(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_contract_order_file_fsync_rename_folder_fsync_commit(store: Store,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     trace = _Trace(monkeypatch)
     ing = Ingestor(store)
     for i in range(3):
@@ -255,7 +256,8 @@ def test_contract_order_file_fsync_rename_folder_fsync_commit(store: Store, monk
 
 
 @pytest.mark.parametrize("failing", ["file", "dir"])
-def test_failed_fsync_leaves_no_row_and_no_file(store: Store, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+def test_failed_fsync_leaves_no_row_and_no_file(store: Store, monkeypatch: pytest.MonkeyPatch,
+                                                failing: str) -> None:
     ing = Ingestor(store)
     assert ing.ingest_bytes(_bytes(demodata.make_instance(1, 0, 0, 0, 16)), Source()).status == "stored"
     trace = _Trace(monkeypatch)
