@@ -56,6 +56,7 @@ from pynetdicom import build_context
 from pynetdicom import build_role
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
 
@@ -1062,19 +1063,20 @@ def send_over(
         When the association is aborted.
     """
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # stream files as stored, no decoding
-    for n, item in enumerate(items):
-        if cancelled is not None and cancelled():
-            report.cancelled = True
-            return report
-        if not assoc.is_established:
-            raise RemoteError(
-                f"{node.name} aborted the association after {report.sent} instance(s)",
-                code="association_aborted",
-            )
-        msg_id = (first_msg_id + n - 1) % 65535 + 1
-        status, message = _store_one(settings, assoc, node, item, report, msg_id, originator)
-        if on_result is not None:
-            on_result(item, status, message)
+    with _store_responses_decoded_here(assoc):
+        for n, item in enumerate(items):
+            if cancelled is not None and cancelled():
+                report.cancelled = True
+                return report
+            if not assoc.is_established:
+                raise RemoteError(
+                    f"{node.name} aborted the association after {report.sent} instance(s)",
+                    code="association_aborted",
+                )
+            msg_id = (first_msg_id + n - 1) % 65535 + 1
+            status, message = _store_one(settings, assoc, node, item, report, msg_id, originator)
+            if on_result is not None:
+                on_result(item, status, message)
     return report
 
 
@@ -1171,6 +1173,70 @@ def _pdv(context_id: int, control: int, data: bytes | memoryview) -> bytes:
 def _socket_of(assoc: Association) -> socket.socket:
     sock: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr,assignment]
     return sock
+
+
+_STORE_RSP_ELEMENTS = frozenset((0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x0902, 0x1000))
+
+
+def parse_store_response(command: bytes) -> C_STORE | None:
+    """A C-STORE-RSP command set (Implicit VR Little Endian) as pynetdicom's primitive, or
+    ``None`` for anything else or anything unusual (left to pynetdicom)."""
+    values: dict[int, bytes] = {}
+    pos = 0
+    while pos + 8 <= len(command):
+        group, element, length = _ELEMENT.unpack_from(command, pos)
+        pos += 8
+        if group != 0 or pos + length > len(command):
+            return None
+        values[element] = command[pos:pos + length]
+        pos += length
+    if pos != len(command) or not values.keys() <= _STORE_RSP_ELEMENTS:
+        return None
+    if values.get(0x0100) != b"\x01\x80":  # Command Field: C-STORE-RSP
+        return None
+    if len(values.get(0x0120, b"")) != 2 or len(values.get(0x0900, b"")) != 2:
+        return None
+    try:
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = int.from_bytes(values[0x0120], "little")
+        rsp.Status = int.from_bytes(values[0x0900], "little")
+        if 0x0002 in values:
+            rsp.AffectedSOPClassUID = values[0x0002].rstrip(b"\0 ").decode("ascii")
+        if 0x1000 in values:
+            rsp.AffectedSOPInstanceUID = values[0x1000].rstrip(b"\0 ").decode("ascii")
+        if 0x0902 in values:
+            rsp.ErrorComment = values[0x0902].rstrip(b"\0 ").decode("ascii", "replace")  # type: ignore[assignment]
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    return rsp
+
+
+@contextlib.contextmanager
+def _store_responses_decoded_here(assoc: Association) -> Iterator[None]:
+    """While C-STOREs go out on ``assoc``, its DUL thread turns a C-STORE-RSP (a single command
+    fragment) into the primitive with :func:`parse_store_response` instead of pydicom, ~0.5 ms
+    less per instance; everything else takes pynetdicom's path. Only this association's DIMSE
+    provider is changed, and only inside the block."""
+    dimse = assoc.dimse
+    original = dimse.receive_primitive
+
+    def receive_primitive(primitive: Any) -> None:
+        pdvs = primitive.presentation_data_value_list
+        if dimse.message is None and len(pdvs) == 1:
+            context_id, data = pdvs[0]
+            if len(data) > 1 and data[0] & 3 == 3:  # a whole command set in one fragment
+                rsp = parse_store_response(bytes(data[1:]))
+                if rsp is not None:
+                    dimse.msg_queue.put((context_id, rsp))
+                    return
+        original(primitive)
+
+    dimse.receive_primitive = receive_primitive  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if dimse.__dict__.get("receive_primitive") is receive_primitive:
+            del dimse.receive_primitive
 
 
 def send_c_store_direct(assoc: Association, cx: PresentationContext, item: SendItem, msg_id: int,
