@@ -722,8 +722,10 @@ def retrieve_items(ctx: Context, root: str, identifier: Dataset) -> tuple[str, l
                     Instance.transfer_syntax_uid, Instance.file_size)
             .order_by(Series.series_number, Series.pk, Instance.instance_number, Instance.pk)
             .tuples())
-    store = ctx.ingestor.store
-    items = [scu.SendItem(str(store.root / row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4] or 0))
+    # Relative paths are server-generated (store.new_relpath), so joining strings is safe and
+    # much cheaper than a Path per instance.
+    root = str(ctx.ingestor.store.root)
+    items = [scu.SendItem(f"{root}/{row[0]}", str(row[1]), str(row[2]), str(row[3]), int(row[4] or 0))
              for row in rows]
     return level, items
 

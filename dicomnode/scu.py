@@ -1200,10 +1200,8 @@ def parse_store_response(command: bytes) -> C_STORE | None:
         rsp = C_STORE()
         rsp.MessageIDBeingRespondedTo = int.from_bytes(values[0x0120], "little")
         rsp.Status = int.from_bytes(values[0x0900], "little")
-        if 0x0002 in values:
-            rsp.AffectedSOPClassUID = values[0x0002].rstrip(b"\0 ").decode("ascii")
-        if 0x1000 in values:
-            rsp.AffectedSOPInstanceUID = values[0x1000].rstrip(b"\0 ").decode("ascii")
+        # The affected UIDs are not read: nobody uses them in a response, and pynetdicom's
+        # setters validate each UID with a regular expression (a fifth of this function).
         if 0x0902 in values:
             rsp.ErrorComment = values[0x0902].rstrip(b"\0 ").decode("ascii", "replace")  # type: ignore[assignment]
     except (ValueError, TypeError, UnicodeDecodeError):
