@@ -1217,6 +1217,10 @@ def _store_responses_decoded_here(assoc: Association) -> Iterator[None]:
     provider is changed, and only inside the block."""
     dimse = assoc.dimse
     original = dimse.receive_primitive
+    # A send buffer that holds a whole instance: sendall returns at once and this thread
+    # waits once per instance (for the response) instead of at each drained fragment.
+    with contextlib.suppress(OSError, AttributeError):
+        _socket_of(assoc).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
 
     def receive_primitive(primitive: Any) -> None:
         pdvs = primitive.presentation_data_value_list
