@@ -239,6 +239,15 @@ class Harness:
             if not isinstance(exc, Mismatch):
                 traceback.print_exception(exc, limit=-6)
 
+    def cleanup(self) -> None:
+        """Remove the temporary folder (inputs, store, index, libFuzzer's corpus)."""
+        import shutil
+
+        from dicomnode import index
+
+        index.close_index()
+        shutil.rmtree(self.work, ignore_errors=True)
+
     def summary(self, elapsed: float, engine: str) -> int:
         rate = self.executions / elapsed if elapsed else 0
         print(f"fuzz {self.target} ({engine}): {self.executions} executions in {elapsed:.0f} s "
@@ -316,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             harness(data)
             if time.monotonic() - started >= args.seconds:
                 code = harness.summary(time.monotonic() - started, "atheris/libFuzzer")
+                harness.cleanup()
                 sys.stdout.flush()
                 os._exit(code)
 
@@ -327,11 +337,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # not reached: libFuzzer exits
 
     rng = random.Random(args.seed)
-    for data in corpus:  # every seed once, unmutated
-        harness(data)
-    while time.monotonic() - started < args.seconds:
-        harness(mutate(rng.choice(corpus), rng))
-    return harness.summary(time.monotonic() - started, "plain mutator")
+    try:
+        for data in corpus:  # every seed once, unmutated
+            harness(data)
+        while time.monotonic() - started < args.seconds:
+            harness(mutate(rng.choice(corpus), rng))
+        return harness.summary(time.monotonic() - started, "plain mutator")
+    finally:
+        harness.cleanup()
 
 
 if __name__ == "__main__":
