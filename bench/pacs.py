@@ -11,7 +11,7 @@ Debian's Orthanc with DCMTK's storescu, then asks both with DCMTK's tools (TCP_N
   exact StudyInstanceUID (1 answer); median wall time of one findscu run (association, query,
   release) over --repeat runs.
 * C-MOVE of the big study to DCMTK storescp (``--ignore``) and C-GET of it by getscu
-  (``--ignore``): instances per second of the best of two runs.
+  (``--ignore``): instances per second of the best of three runs.
 
     .venv/bin/python bench/pacs.py [--studies 10000] [--instances 1000] [--size 256] [--repeat 15]
                                    [--keep DIR]
@@ -162,10 +162,10 @@ def main() -> int:
             figures[name]["answers"] = count_answers(port, aet, *wildcard)
         turns("wildcard", args.repeat, lambda port, aet: find_args(port, aet, *wildcard))
         turns("exact", args.repeat, lambda port, aet: find_args(port, aet, *exact))
-        turns("move", 2, lambda port, aet: (
+        turns("move", 3, lambda port, aet: (
             "movescu", "-S", "-aet", "BENCH", "-aec", aet, "-aem", "STORESCP", "-k",
             "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={big_uid}", "127.0.0.1", str(port)))
-        turns("get", 2, lambda port, aet: (
+        turns("get", 3, lambda port, aet: (
             "getscu", "--ignore", "-S", "-aet", "BENCH", "-aec", aet, "-k", "QueryRetrieveLevel=STUDY",
             "-k", f"StudyInstanceUID={big_uid}", "127.0.0.1", str(port)))
         for name in servers:
