@@ -695,7 +695,8 @@ def retrieve_items(ctx: Context, root: str, identifier: Dataset) -> tuple[str, l
     """The level and the stored instances a C-MOVE/C-GET identifier names, in series/instance order.
 
     Only the unique keys (PS3.4 C.4.2.2.1) of the level and above select; the level's own
-    unique key is required (a list of UIDs allowed).
+    unique key is required (a list of UIDs allowed), those above may be left out (some Patient
+    Root requesters omit PatientID below the patient level).
 
     Raises
     ------
@@ -715,8 +716,6 @@ def retrieve_items(ctx: Context, root: str, identifier: Dataset) -> tuple[str, l
             filters[keyword] = value
     if query.UNIQUE_KEY[level] not in filters:
         raise DolmenError(f"a {level} retrieve needs {query.UNIQUE_KEY[level]}", code="identifier_mismatch")
-    if root == "PATIENT" and level != "PATIENT" and "PatientID" not in filters:
-        pass  # lenient: Patient Root requesters sometimes omit PatientID below the patient level
     rows: Any = (query.select(query.IMAGE, filters)
             .select(Instance.path, Instance.sop_class_uid, Instance.sop_instance_uid,
                     Instance.transfer_syntax_uid, Instance.file_size)
