@@ -35,7 +35,9 @@ pynetdicom trusts what a peer sends more than a server on a hospital network may
   vanished, or sent another command first) stayed in the spool folder with its descriptor
   open; each association now removes its unhandled spool files when it ends;
 * its own log lines carried the peer's text raw (a newline in an AE title forges a line):
-  they are escaped (:class:`PeerInputFilter`).
+  they are escaped (:class:`PeerInputFilter`);
+* its network timeout counted only what the peer sent: a C-STORE that took us longer than
+  the timeout to file was answered, then the association aborted as idle.
 """
 from __future__ import annotations
 
@@ -488,6 +490,19 @@ def _run_reactor(original: Any) -> Any:
     return run_reactor
 
 
+def _send_pdu(original: Any) -> Any:
+    def send_pdu(self: Any, primitive: Any) -> None:
+        original(self, primitive)
+        # Our answer is activity too. pynetdicom restarted the network timeout only on what
+        # the peer sent, so a C-STORE whose ingest took longer than [dicom] network_timeout
+        # (a busy index) was answered and then aborted as "idle", the peer having waited for
+        # that very answer.
+        timer = getattr(self, "_idle_timer", None)
+        if timer is not None:
+            timer.restart()
+    return send_pdu
+
+
 def requested(assoc: Any) -> bool:
     """True once an acceptor association has received its A-ASSOCIATE-RQ."""
     return bool(getattr(assoc, "_dolmen_requested", False))
@@ -599,6 +614,7 @@ def apply() -> None:
         factory = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
         if not getattr(factory, "_dolmen_tracks", False):
             dimse_messages.NamedTemporaryFile = _spool_factory(factory)  # type: ignore[attr-defined]
+        dul.DULServiceProvider.send_pdu = _send_pdu(dul.DULServiceProvider.send_pdu)  # type: ignore[method-assign]
         association.Association.run = _association_run(association.Association.run)  # type: ignore[method-assign]
         provider = dimse.DIMSEServiceProvider
         provider.receive_primitive = _receive_primitive(provider.receive_primitive)  # type: ignore[method-assign]

@@ -361,3 +361,23 @@ def test_sigkill_loop_loses_no_acknowledged_instance(short_tmp: Path) -> None:
     assert not different, f"{len(different)} stored instances differ from what was sent, e.g. {different[:3]}"
     assert len(acknowledged) == total // workers * workers
     print(f"kill loop: {len(acknowledged)} instances acknowledged, {kills} SIGKILLs, {elapsed:.1f} s")
+
+
+def test_a_slow_ingest_is_not_taken_for_an_idle_peer(dolmen_factory) -> None:  # type: ignore[no-untyped-def]
+    """The index is busy for longer than [dicom] network_timeout while a C-STORE waits: the
+    answer comes once it is free, and the association goes on (pynetdicom took the wait for
+    the peer's idleness and aborted right after answering)."""
+    server = dolmen_factory(**hostile_sections(dicom={"network_timeout": 2.0, "dimse_timeout": 30.0}))
+    survival = Survival(server)
+    first, second = (small_instance("1.2.826.0.1.3680043.10.1078.12.1", n=n) for n in (1, 2))
+    con = sqlite3.connect(server.data / "index.db", timeout=5, isolation_level=None, check_same_thread=False)
+    con.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(4.0, con.rollback)
+    release.start()
+    try:
+        statuses = store(server.dicom_port, [first, second], timeout=30)
+    finally:
+        release.join()
+        con.close()
+    assert statuses == [0, 0], statuses
+    survival.check()
