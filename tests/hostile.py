@@ -430,7 +430,7 @@ class Survival:
     def __init__(self, server: DolmenProcess, *, warm_up: bool = True) -> None:
         self.server = server
         if warm_up:
-            self._concurrent_traffic()
+            self._concurrent_traffic(stores=8)  # enough at once to grow the pools to full size
         self.rebase()
 
     def rebase(self) -> None:
@@ -472,15 +472,15 @@ class Survival:
             f.seek(self.log_offset)
             return f.read().decode("utf-8", "replace")
 
-    def _concurrent_traffic(self) -> None:
+    def _concurrent_traffic(self, stores: int = 3) -> None:
         port = self.server.dicom_port
         n = int(time.time() * 1000) % 10**9
         study = f"1.2.826.0.1.3680043.10.1078.77.{n}"
-        with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            stores = [pool.submit(store, port, [small_instance(study, n=k)], KNOWN_AET) for k in range(1, 4)]
+        with concurrent.futures.ThreadPoolExecutor(stores + 3) as pool:
+            stored = [pool.submit(store, port, [small_instance(study, n=k)]) for k in range(1, stores + 1)]
             echoes = pool.submit(echo, port, KNOWN_AET, "DOLMEN", 5.0)
             pages = [pool.submit(self.server.get, p) for p in ("/system", "/api/statistics")]
-            for f in stores:
+            for f in stored:
                 assert f.result(timeout=60) == [0], "a concurrent C-STORE did not succeed"
             assert echoes.result(timeout=60) == 0
             for f in pages:
