@@ -430,7 +430,11 @@ class Survival:
     def __init__(self, server: DolmenProcess, *, warm_up: bool = True) -> None:
         self.server = server
         if warm_up:
-            self._concurrent_traffic(stores=8)  # enough at once to grow the pools to full size
+            # Enough at once to grow the pools to full size, within [dicom] max_associations.
+            import tomllib
+
+            limit = tomllib.loads(server.config.read_text()).get("dicom", {}).get("max_associations", 16)
+            self._concurrent_traffic(stores=max(1, min(8, limit - 2)))
         self.rebase()
 
     def rebase(self) -> None:
