@@ -42,10 +42,10 @@ from bench.render import ORTHANC  # noqa: E402
 from bench.render import bench_orthanc  # noqa: E402
 from bench.render import make_ct  # noqa: E402
 from dicomnode import demodata  # noqa: E402
-from dicomnode import index  # noqa: E402
-from dicomnode.ingest import Ingestor  # noqa: E402
-from dicomnode.ingest import Source  # noqa: E402
-from dicomnode.store import Store  # noqa: E402
+from dicomnode.archive import index  # noqa: E402
+from dicomnode.archive.ingest import Ingestor  # noqa: E402
+from dicomnode.archive.ingest import Source  # noqa: E402
+from dicomnode.archive.store import Store  # noqa: E402
 from tests.conftest import make_config_doc  # noqa: E402
 from tests.conftest import start_dolmen  # noqa: E402
 from tests.conftest import write_toml  # noqa: E402
@@ -87,10 +87,10 @@ def scale_up(data: Path, copies: int) -> int:
     number of studies now indexed.
     """
     from dicomnode import ids
-    from dicomnode.index import Instance
-    from dicomnode.index import Patient
-    from dicomnode.index import Series
-    from dicomnode.index import Study
+    from dicomnode.archive.index import Instance
+    from dicomnode.archive.index import Patient
+    from dicomnode.archive.index import Series
+    from dicomnode.archive.index import Study
 
     index.open_index(f"sqlite:///{data / 'index.db'}", synchronous_full=False)
     try:
@@ -146,10 +146,10 @@ def scale_up(data: Path, copies: int) -> int:
 
 def reuse(data: Path, studies: int) -> tuple[str, Path]:
     """The CT slice of a data folder a previous run kept (public id, stored file); checks the count."""
-    from dicomnode.index import Instance
-    from dicomnode.index import Patient
-    from dicomnode.index import Series
-    from dicomnode.index import Study
+    from dicomnode.archive.index import Instance
+    from dicomnode.archive.index import Patient
+    from dicomnode.archive.index import Series
+    from dicomnode.archive.index import Study
 
     index.open_index(f"sqlite:///{data / 'index.db'}", synchronous_full=False)
     try:

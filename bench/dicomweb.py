@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dicomnode import demodata  # noqa: E402
-from dicomnode import index  # noqa: E402
-from dicomnode.ingest import Ingestor  # noqa: E402
-from dicomnode.ingest import Source  # noqa: E402
-from dicomnode.store import Store  # noqa: E402
+from dicomnode.archive import index  # noqa: E402
+from dicomnode.archive.ingest import Ingestor  # noqa: E402
+from dicomnode.archive.ingest import Source  # noqa: E402
+from dicomnode.archive.store import Store  # noqa: E402
 from tests.conftest import ORTHANC  # noqa: E402
 from tests.conftest import ORTHANC_DICOMWEB_PLUGIN  # noqa: E402
 from tests.conftest import make_config_doc  # noqa: E402

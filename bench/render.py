@@ -189,7 +189,7 @@ def bench_compressed(path: Path, workdir: Path, runs: int) -> None:
     from pydicom.uid import JPEG2000Lossless
     from pydicom.uid import RLELossless
 
-    from dicomnode.decodepool import DEFAULT_WORKERS
+    from dicomnode.render.decodepool import DEFAULT_WORKERS
     from dicomnode.render import configure_decoding
     from dicomnode.render import start_decoding
 

@@ -19,21 +19,21 @@ from typing import Any
 from pynetdicom import association as pynetdicom_association
 
 from dicomnode import __version__
-from dicomnode import assoclog
+from dicomnode.net import assoclog
 from dicomnode import config
-from dicomnode import index
+from dicomnode.archive import index
 from dicomnode import jobs
-from dicomnode import netpatch
-from dicomnode import nodes
-from dicomnode import reconcile
-from dicomnode import scp
-from dicomnode import scu
-from dicomnode import transfer
-from dicomnode import upperlayer
+from dicomnode.net import latency as netpatch
+from dicomnode import peers
+from dicomnode.archive import reconcile
+from dicomnode.net import scp
+from dicomnode.net import scu
+from dicomnode.jobs import transfer
+from dicomnode.net import hardening as upperlayer
 from dicomnode.control import ControlServer
 from dicomnode.errors import DolmenError
-from dicomnode.ingest import Ingestor
-from dicomnode.store import Store
+from dicomnode.archive.ingest import Ingestor
+from dicomnode.archive.store import Store
 
 LOGGER = logging.getLogger("dicomnode.sidecar")
 
@@ -133,13 +133,13 @@ class Sidecar:
         name = args.get("modality")
         if not isinstance(name, str) or not name:
             raise DolmenError("echo needs a modality name", code="bad_request")
-        return scu.echo(self.settings, nodes.get_node(self.settings, name))
+        return scu.echo(self.settings, peers.get_node(self.settings, name))
 
-    def _node(self, args: dict[str, Any]) -> nodes.Node:
+    def _node(self, args: dict[str, Any]) -> peers.Node:
         name = args.get("modality")
         if not isinstance(name, str) or not name:
             raise DolmenError("this operation needs a modality name", code="bad_request")
-        return nodes.get_node(self.settings, name)
+        return peers.get_node(self.settings, name)
 
     def op_find(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control op ``find``: C-FIND a modality, synchronously, at most ``limit`` answers (1000 max).

@@ -353,7 +353,7 @@ def orthanc_factory(short_tmp: Path) -> Iterator[Callable[..., OrthancProcess]]:
 def index_url(tmp_path: Path) -> Iterator[str]:
     """An empty index: a SQLite file, or the PostgreSQL database in ``$DOLMEN_TEST_DATABASE``
     (its Dolmen tables are dropped before and after the test)."""
-    from dicomnode import index
+    from dicomnode.archive import index
 
     url = os.environ.get("DOLMEN_TEST_DATABASE") or f"sqlite:///{tmp_path / 'index.db'}"
     if url.startswith("postgres"):
@@ -371,7 +371,7 @@ def index_url(tmp_path: Path) -> Iterator[str]:
 def app(short_tmp: Path) -> Iterator[Any]:
     """The Flask app on a fresh index and store (no sidecar: pages that ask it say it is down)."""
     from dicomnode import config
-    from dicomnode import index
+    from dicomnode.archive import index
     from webapp import create_app
 
     settings = config.from_dict(make_config_doc(short_tmp / "app"))

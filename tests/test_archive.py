@@ -1,4 +1,4 @@
-"""Tests of dicomnode.archive: streaming ZIP downloads and safe entry names."""
+"""Tests of dicomnode.archive.zipstream: streaming ZIP downloads and safe entry names."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomnode.archive import MAX_PART_CHARS
-from dicomnode.archive import archive_name
-from dicomnode.archive import stream_zip
+from dicomnode.archive.zipstream import MAX_PART_CHARS
+from dicomnode.archive.zipstream import archive_name
+from dicomnode.archive.zipstream import stream_zip
 
 UNZIP = shutil.which("unzip")
 

@@ -2,7 +2,7 @@
 reasons, "Add as modality" round trip, hostile AE titles, /api/associations and pruning.
 
 Rows are written by the SCP's own logging function (``scp._log_event``) with reasons from the
-real access check (``nodes.access``), or by a real ``dolmen serve`` answering echoscu.
+real access check (``peers.access``), or by a real ``dolmen serve`` answering echoscu.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from urllib.parse import urlparse
 import pytest
 from bs4 import BeautifulSoup
 
-from dicomnode import assoclog
+from dicomnode.net import assoclog
 from dicomnode import config
-from dicomnode import index
-from dicomnode import nodes
-from dicomnode import scp
-from dicomnode.index import AssociationEvent
+from dicomnode.archive import index
+from dicomnode import peers
+from dicomnode.net import scp
+from dicomnode.archive.index import AssociationEvent
 from tests.conftest import DolmenProcess
 from tests.conftest import make_config_doc
 from tests.conftest import start_dolmen
@@ -56,7 +56,7 @@ def log(calling: str, ip: str = "10.0.0.1", operation: str = "associate", accept
 
 def refuse(settings: config.Settings, calling: str, ip: str, operation: str) -> int:
     """Ask the real access check, and log its refusal as the SCP does."""
-    reason = nodes.access(settings, calling, ip, operation)
+    reason = peers.access(settings, calling, ip, operation)
     assert reason, f"{calling} was expected to be refused {operation}"
     return log(calling, ip, operation, False, reason)
 
@@ -116,7 +116,7 @@ def test_add_as_modality_prefills_the_form_and_the_saved_node_is_then_allowed(ap
 
     saved = client.post("/modalities/new", data={**values, "allow": allowed})
     assert saved.status_code == 303 and saved.headers["Location"].endswith("/modalities")
-    assert nodes.access(s, "WARD3 US", "10.20.30.40", "find") is None
+    assert peers.access(s, "WARD3 US", "10.20.30.40", "find") is None
 
     row = soup(client.get("/associations")).select_one(f'tr[data-event="{pk}"]')
     assert row.select_one("a.add-modality") is None  # the button went
@@ -126,7 +126,7 @@ def test_add_as_modality_prefills_the_form_and_the_saved_node_is_then_allowed(ap
 
 def test_no_add_button_for_a_declared_modality_refused_an_operation(app: Any, client: Any) -> None:
     s = settings_of(app)
-    nodes.save_node(s, {"name": "viewer", "aet": "VIEWER", "host": "127.0.0.1", "port": 104,
+    peers.save_node(s, {"name": "viewer", "aet": "VIEWER", "host": "127.0.0.1", "port": 104,
                         "allow": ["echo", "find"]})
     pk = refuse(s, "VIEWER", "127.0.0.1", "move")
     row = soup(client.get("/associations")).select_one(f'tr[data-event="{pk}"]')
@@ -275,14 +275,14 @@ def test_api(client: Any, mixed: dict[str, int]) -> None:
 
 def test_every_refusal_the_access_check_gives_is_explained(app: Any) -> None:
     s = settings_of(app).replace(**{"dicom.check_calling_host": True, "dicom.unknown_aet": []})
-    nodes.save_node(s, {"name": "ct", "aet": "CT", "host": "127.0.0.1", "port": 104, "allow": ["store"]})
+    peers.save_node(s, {"name": "ct", "aet": "CT", "host": "127.0.0.1", "port": 104, "allow": ["store"]})
     cases = [
         (("NOBODY", "127.0.0.1", "echo"), "unknown_aet"),
         (("CT", "10.66.66.66", "store"), "wrong_host"),
         (("CT", "127.0.0.1", "get"), "not_allowed"),
     ]
     for args, expected in cases:
-        reason = nodes.access(s, *args)
+        reason = peers.access(s, *args)
         assert reason
         assert assoclog.kind(reason) == expected, reason
     # Reasons the SCP records for what the access check does not decide (dicomnode/scp.py;

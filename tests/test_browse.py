@@ -17,12 +17,12 @@ from PIL import Image
 
 from dicomnode import config
 from dicomnode import demodata
-from dicomnode import index
-from dicomnode.index import Instance
-from dicomnode.index import Patient
-from dicomnode.index import Series
-from dicomnode.index import Study
-from dicomnode.ingest import Source
+from dicomnode.archive import index
+from dicomnode.archive.index import Instance
+from dicomnode.archive.index import Patient
+from dicomnode.archive.index import Series
+from dicomnode.archive.index import Study
+from dicomnode.archive.ingest import Source
 from tests import browse_data
 from tests.conftest import make_config_doc
 from webapp import create_app
@@ -180,7 +180,7 @@ def test_pagination(app: Any, client: Any, short_tmp: Path) -> None:
 
 def test_later_pages_equal_a_plain_limit_offset_for_every_sort(app: Any, short_tmp: Path) -> None:
     """query.list_page reads a later page's keys first; its rows must be the plain query's."""
-    from dicomnode import query
+    from dicomnode.archive import query
 
     files = demodata.write(short_tmp / "paged", patients=23, studies=3, series=1, instances=1, size=8)
     ingest(app, *files)  # 69 studies; dates and names repeat, so ties are broken by the primary key
@@ -381,7 +381,7 @@ def test_thumbnails_are_cached_and_conditional(filled: Any, client: Any) -> None
 
 
 def test_a_thumbnail_grid_renders_once(app: Any, client: Any, short_tmp: Path, monkeypatch: Any) -> None:
-    from dicomnode import resources
+    from dicomnode.archive import resources
 
     paths = [browse_data.save(demodata.make_instance(901, 0, 0, n, size=8), short_tmp / f"g{n}.dcm")
              for n in range(12)]

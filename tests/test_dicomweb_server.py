@@ -431,7 +431,7 @@ def _app(short_tmp: Path, **sections: Any) -> Any:
 
 
 def test_roots_are_configurable(short_tmp: Path, datasets: list[pydicom.Dataset]) -> None:
-    from dicomnode import index
+    from dicomnode.archive import index
 
     app = _app(short_tmp, dicomweb={"root": "/dw/", "wado_root": "/legacy/wado"})
     try:
@@ -455,7 +455,7 @@ def test_roots_are_configurable(short_tmp: Path, datasets: list[pydicom.Dataset]
 
 def test_retrieve_streams_in_constant_memory(short_tmp: Path) -> None:
     """A 24 MB retrieve holds a few MB at most: files are read in chunks as the body is sent."""
-    from dicomnode import index
+    from dicomnode.archive import index
 
     app = _app(short_tmp)
     try:
@@ -488,7 +488,7 @@ def test_basic_auth_protects_dicomweb(short_tmp: Path) -> None:
 
     from werkzeug.security import generate_password_hash
 
-    from dicomnode import index
+    from dicomnode.archive import index
 
     app = _app(short_tmp, http={"users": {"alice": generate_password_hash("secret")}})
     try:

@@ -26,9 +26,9 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from dicomnode import demodata
 from dicomnode.errors import RejectedInstance
-from dicomnode.ingest import _header
-from dicomnode.ingest import fast_header
-from dicomnode.ingest import read_header
+from dicomnode.archive.ingest import _header
+from dicomnode.archive.ingest import fast_header
+from dicomnode.archive.ingest import read_header
 from tests.conftest import pydicom_test_files
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomnode.netpatch import encode_file_meta
+from dicomnode.net.latency import encode_file_meta
 from tests.conftest import ROOT
 from tests.conftest import DolmenProcess
 from tests.conftest import make_config_doc

@@ -32,13 +32,13 @@ from werkzeug.security import generate_password_hash
 
 from dicomnode import config
 from dicomnode import demodata
-from dicomnode import index
-from dicomnode.index import AssociationEvent
-from dicomnode.index import DicomwebServer
-from dicomnode.index import Instance
-from dicomnode.index import Job
-from dicomnode.index import Modality
-from dicomnode.ingest import Source
+from dicomnode.archive import index
+from dicomnode.archive.index import AssociationEvent
+from dicomnode.archive.index import DicomwebServer
+from dicomnode.archive.index import Instance
+from dicomnode.archive.index import Job
+from dicomnode.archive.index import Modality
+from dicomnode.archive.ingest import Source
 from tests.conftest import free_port
 from tests.conftest import make_config_doc
 from tests.hostile import Survival
@@ -285,7 +285,7 @@ def test_path_traversal_in_every_route_argument(hostile_app: Any) -> None:
 
 def _state(app: Any) -> dict[str, Any]:
     """Row counts and checksums of every index table, and the store's file list."""
-    from dicomnode.index import MODELS
+    from dicomnode.archive.index import MODELS
 
     with app.app_context():
         tables = {m.__name__: sorted(json.dumps(r, default=str, sort_keys=True)

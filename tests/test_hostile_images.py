@@ -7,7 +7,7 @@ be an image (the placeholder saying why) or an error status, within 2 s, without
 traceback; the web process's peak memory stays bounded while a good preview is answered
 at the same time; and the survival contract holds afterwards.
 
-The decode pool itself (:mod:`dicomnode.decodepool`) is tested directly: a decode past its
+The decode pool itself (:mod:`dicomnode.render.decodepool`) is tested directly: a decode past its
 timeout is killed, one past its memory limit fails, a worker that crashes is replaced.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pydicom.uid import JPEGBaseline8Bit
 from pydicom.uid import RLELossless
 from pydicom.uid import generate_uid
 
-from dicomnode import decodepool
+from dicomnode.render import decodepool
 from dicomnode import render
 from dicomnode.errors import RenderError
 from tests.hostile import Survival
@@ -455,7 +455,7 @@ def _child_of(pid: int, parent: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return int(fields[1]) == parent and b"dicomnode.decodepool" in cmdline
+    return int(fields[1]) == parent and b"dicomnode.render.decodepool" in cmdline
 
 
 def test_compressed_frames_decode_in_workers_and_match_in_process_decoding() -> None:
@@ -535,8 +535,8 @@ def test_sending_a_corrupt_compressed_instance_decoded_for_the_peer(tmp_path: Pa
     from pynetdicom.sop_class import MRImageStorage
 
     from dicomnode import config
-    from dicomnode import scu
-    from dicomnode.nodes import Node
+    from dicomnode.net import scu
+    from dicomnode.peers import Node
     from tests.conftest import free_port
 
     study = short_uid()

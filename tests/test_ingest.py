@@ -14,14 +14,14 @@ from pydicom.data import get_testdata_file
 
 from dicomnode import demodata
 from dicomnode import ids
-from dicomnode import index
-from dicomnode.index import Instance
-from dicomnode.index import Patient
-from dicomnode.index import Series
-from dicomnode.index import Study
-from dicomnode.ingest import Ingestor
-from dicomnode.ingest import Source
-from dicomnode.store import Store
+from dicomnode.archive import index
+from dicomnode.archive.index import Instance
+from dicomnode.archive.index import Patient
+from dicomnode.archive.index import Series
+from dicomnode.archive.index import Study
+from dicomnode.archive.ingest import Ingestor
+from dicomnode.archive.ingest import Source
+from dicomnode.archive.store import Store
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ class _Trace:
     """Records the store's fsyncs, renames and index commits, in the order they complete."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from dicomnode import store as store_module
+        from dicomnode.archive import store as store_module
 
         self.events: list[tuple[str, str]] = []
         self.fail: set[str] = set()  # "file", "dir": make that fsync raise

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from dicomnode import config
-from dicomnode import index
+from dicomnode.archive import index
 from dicomnode import jobs
-from dicomnode.index import Job
-from dicomnode.index import utcnow
+from dicomnode.archive.index import Job
+from dicomnode.archive.index import utcnow
 from tests.conftest import wait_for
 
 GATE = threading.Event()

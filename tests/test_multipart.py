@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.multipart import MultipartFile
-from dicomnode.multipart import MultipartReader
-from dicomnode.multipart import Part
-from dicomnode.multipart import write_parts
+from dicomnode.dicomweb.multipart import MultipartFile
+from dicomnode.dicomweb.multipart import MultipartReader
+from dicomnode.dicomweb.multipart import Part
+from dicomnode.dicomweb.multipart import write_parts
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The C-STORE fast path of :mod:`dicomnode.netpatch` gives pynetdicom's own results.
+"""The C-STORE fast path of :mod:`dicomnode.net.latency` gives pynetdicom's own results.
 
 The C-STORE-RSP command set it encodes must be byte for byte what pynetdicom encodes for the
 same primitive; the C-STORE-RQ it decodes must be the primitive pynetdicom builds from the
@@ -19,9 +19,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.dsutils import encode
 
-from dicomnode.netpatch import _store_request
-from dicomnode.netpatch import encode_store_response
-from dicomnode.netpatch import parse_command_set
+from dicomnode.net.latency import _store_request
+from dicomnode.net.latency import encode_store_response
+from dicomnode.net.latency import parse_command_set
 
 CT = "1.2.840.10008.5.1.4.1.1.2"  # even length
 MR = "1.2.840.10008.5.1.4.1.1.4"  # odd length

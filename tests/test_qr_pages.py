@@ -27,7 +27,7 @@ from tests.conftest import start_dolmen
 from tests.conftest import start_orthanc
 from tests.conftest import wait_for
 from tests.conftest import write_toml
-from webapp.qr import date_range
+from webapp.pages.qr import date_range
 
 pytestmark = pytest.mark.orthanc
 HX = {"HX-Request": "true"}
@@ -445,10 +445,10 @@ def test_sending_an_unknown_resource_is_refused(env: Env) -> None:
 def test_send_form_partial(app: Any) -> None:
     from flask import render_template_string
 
-    from dicomnode import nodes
+    from dicomnode import peers
 
     with app.test_request_context("/"):
-        nodes.save_node(
+        peers.save_node(
             app.config["DOLMEN"],
             {
                 "name": "ct1",

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from dicomnode import demodata
-from dicomnode import index
-from dicomnode import reconcile
-from dicomnode.index import Instance
-from dicomnode.ingest import Ingestor
-from dicomnode.ingest import Source
-from dicomnode.store import Store
+from dicomnode.archive import index
+from dicomnode.archive import reconcile
+from dicomnode.archive.index import Instance
+from dicomnode.archive.ingest import Ingestor
+from dicomnode.archive.ingest import Source
+from dicomnode.archive.store import Store
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""dicomnode.resources: get, lookup, delete with counters, the thumbnail cache."""
+"""dicomnode.archive.resources: get, lookup, delete with counters, the thumbnail cache."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -7,17 +7,17 @@ from typing import Any
 
 import pytest
 
-from dicomnode import index
-from dicomnode import resources
+from dicomnode.archive import index
+from dicomnode.archive import resources
 from dicomnode.errors import DolmenError
 from dicomnode.errors import NotFound
-from dicomnode.index import Instance
-from dicomnode.index import Patient
-from dicomnode.index import Series
-from dicomnode.index import Study
-from dicomnode.ingest import Ingestor
-from dicomnode.ingest import Source
-from dicomnode.store import Store
+from dicomnode.archive.index import Instance
+from dicomnode.archive.index import Patient
+from dicomnode.archive.index import Series
+from dicomnode.archive.index import Study
+from dicomnode.archive.ingest import Ingestor
+from dicomnode.archive.ingest import Source
+from dicomnode.archive.store import Store
 
 
 @pytest.fixture

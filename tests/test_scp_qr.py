@@ -697,7 +697,7 @@ def test_answer_encoder_writes_what_pydicom_writes() -> None:
     """The C-FIND answer fast path gives pydicom's bytes, and leaves what it cannot write to pydicom."""
     from pynetdicom.dsutils import encode
 
-    from dicomnode import scp
+    from dicomnode.net import scp
 
     elements = [(0x00080005, "CS", "ISO_IR 192"), (0x00080020, "DA", "20150101"), (0x00080052, "CS", "STUDY"),
                 (0x00080061, "CS", "CT\\MR"), (0x00080080, "LO", None), (0x00100010, "PN", "MÜLLER^JÖRG"),
@@ -712,7 +712,7 @@ def test_store_response_parser_reads_what_pynetdicom_writes() -> None:
     pynetdicom would, and leaves anything else to it."""
     from pynetdicom.dsutils import encode
 
-    from dicomnode import scu
+    from dicomnode.net import scu
 
     command = Dataset()
     command.AffectedSOPClassUID = CT

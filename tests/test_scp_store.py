@@ -69,8 +69,8 @@ def _send_with_pynetdicom(port: int, paths: list[Path], aet: str = "PYNETDICOM")
 
 
 def _instances_by_uid(server: DolmenProcess) -> collections.Counter[str]:
-    from dicomnode import index
-    from dicomnode.index import Instance
+    from dicomnode.archive import index
+    from dicomnode.archive.index import Instance
 
     index.open_index(f"sqlite:///{server.data / 'index.db'}", create=False)
     try:

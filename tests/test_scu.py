@@ -20,9 +20,9 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
 from dicomnode import config
 from dicomnode import demodata
-from dicomnode import scu
+from dicomnode.net import scu
 from dicomnode.errors import RemoteError
-from dicomnode.nodes import Node
+from dicomnode.peers import Node
 from tests.conftest import free_port
 from tests.conftest import start_orthanc
 from tests.conftest import wait_for

@@ -14,8 +14,8 @@ import pytest
 from bs4 import BeautifulSoup
 
 from dicomnode import config
-from dicomnode import index
-from dicomnode.index import Instance
+from dicomnode.archive import index
+from dicomnode.archive.index import Instance
 from tests.conftest import make_config_doc
 from webapp import create_app
 from webapp.services import services

@@ -14,19 +14,20 @@ from flask import Flask
 
 from dicomnode import __version__
 from dicomnode import config
-from dicomnode import index
+from dicomnode.archive import index
 from dicomnode import render
 from dicomnode.control import ControlClient
-from dicomnode.ingest import Ingestor
-from dicomnode.store import Store
+from dicomnode.archive.ingest import Ingestor
+from dicomnode.archive.store import Store
 from webapp import paths
 from webapp.services import Services
 
 LOGGER = logging.getLogger(__name__)
 
-#: Blueprint modules, one per area (module name = blueprint name = template folder).
-BLUEPRINTS = ("system", "api", "browse", "upload", "qr", "jobs", "associations", "dicomweb",
-              "dicomweb_client")
+#: Blueprint modules, one per area (module name = blueprint name = template folder): the pages
+#: under webapp/pages, the machine APIs under webapp/api.
+BLUEPRINTS = ("pages.system", "api.api", "pages.browse", "pages.upload", "pages.qr", "pages.jobs",
+              "pages.associations", "api.dicomweb", "pages.dicomweb_client")
 
 #: The main navigation; entries whose endpoint is not registered are left out.
 NAV = (
@@ -81,7 +82,7 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
                   min_free_mb=settings["storage.min_free_mb"])
     index.open_index(settings.database_url, synchronous_full=False)
     index.close_index()
-    render.start_decoding()  # compressed frames decode in worker processes (dicomnode.decodepool)
+    render.start_decoding()  # compressed frames decode in worker processes (dicomnode.render.decodepool)
     describe = supervisor.describe if supervisor else None
     app.extensions["dolmen"] = Services(
         settings=settings, store=store,
@@ -89,10 +90,10 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
                           max_bytes=settings["dicom.max_object_mb"] * 1024 * 1024),
         control=ControlClient(settings.control_socket, describe), supervisor=supervisor)
 
-    from webapp import auth
     from webapp import csrf
     from webapp import db
     from webapp import errors
+    from webapp.pages import auth
 
     db.init_app(app)
     csrf.init_app(app)
@@ -110,7 +111,7 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
 
     @app.context_processor
     def _globals() -> dict[str, Any]:
-        from webapp.auth import current_user
+        from webapp.pages.auth import current_user
 
         nav = [(e, label) for e, label in NAV if e in app.view_functions]
         return {"dolmen_version": __version__, "aet": settings["dicom.aet"], "nav_items": nav,

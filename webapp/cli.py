@@ -40,11 +40,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Reconcile, start the sidecar under supervision, serve the web app with waitress."""
     from waitress.server import create_server
 
-    from dicomnode import index
-    from dicomnode import reconcile
+    from dicomnode.archive import index
+    from dicomnode.archive import reconcile
     from dicomnode.control import check_socket_path
-    from dicomnode.ingest import Ingestor
-    from dicomnode.store import Store
+    from dicomnode.archive.ingest import Ingestor
+    from dicomnode.archive.store import Store
     from dicomnode.supervisor import Supervisor
     from webapp import create_app
 
@@ -128,10 +128,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     """Import files, folders and ZIPs through the one ingest path, with a progress bar."""
     from tqdm import tqdm
 
-    from dicomnode import index
-    from dicomnode.ingest import Ingestor
-    from dicomnode.ingest import Source
-    from dicomnode.store import Store
+    from dicomnode.archive import index
+    from dicomnode.archive.ingest import Ingestor
+    from dicomnode.archive.ingest import Source
+    from dicomnode.archive.store import Store
 
     settings = _settings(args.config)
     logging.basicConfig(level=logging.WARNING)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from dicomnode import index
+from dicomnode.archive import index
 
 
 def init_app(app: Flask) -> None:

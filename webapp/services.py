@@ -10,8 +10,8 @@ from flask import current_app
 
 from dicomnode.config import Settings
 from dicomnode.control import ControlClient
-from dicomnode.ingest import Ingestor
-from dicomnode.store import Store
+from dicomnode.archive.ingest import Ingestor
+from dicomnode.archive.store import Store
 
 
 @dataclass

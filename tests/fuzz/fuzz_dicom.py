@@ -14,10 +14,10 @@ deleted chunks.
 Targets
 -------
 ``ingest``
-    :func:`dicomnode.ingest.fast_header`, :func:`~dicomnode.ingest.read_header` and
-    :func:`~dicomnode.ingest.read_index_header` on a temporary file; the fast reader must
+    :func:`dicomnode.archive.ingest.fast_header`, :func:`~dicomnode.archive.ingest.read_header` and
+    :func:`~dicomnode.archive.ingest.read_index_header` on a temporary file; the fast reader must
     give the same index values as pydicom's whenever it answers (differential check); one
-    input in ``--store-every`` also goes through :class:`~dicomnode.ingest.Ingestor` into a
+    input in ``--store-every`` also goes through :class:`~dicomnode.archive.ingest.Ingestor` into a
     temporary store and index, which must keep the crash contract (a stored instance has
     its file, a refused one leaves no spool file).
 ``render``
@@ -127,7 +127,7 @@ class Harness:
 
     # -- targets
     def ingest(self, data: bytes) -> None:
-        from dicomnode import ingest
+        from dicomnode.archive import ingest
 
         self.path.write_bytes(data)
         fast = slow = slow_error = None
@@ -148,11 +148,11 @@ class Harness:
             self.store(data)
 
     def store(self, data: bytes) -> None:
-        from dicomnode import index
-        from dicomnode.index import Instance
-        from dicomnode.ingest import Ingestor
-        from dicomnode.ingest import Source
-        from dicomnode.store import Store
+        from dicomnode.archive import index
+        from dicomnode.archive.index import Instance
+        from dicomnode.archive.ingest import Ingestor
+        from dicomnode.archive.ingest import Source
+        from dicomnode.archive.store import Store
 
         if self._ingestor is None:
             store = Store(self.work / "store", fsync=False)
@@ -243,7 +243,7 @@ class Harness:
         """Remove the temporary folder (inputs, store, index, libFuzzer's corpus)."""
         import shutil
 
-        from dicomnode import index
+        from dicomnode.archive import index
 
         index.close_index()
         shutil.rmtree(self.work, ignore_errors=True)
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if use_atheris:
         with atheris.instrument_imports(include=["dicomnode", "pydicom"]):
-            import dicomnode.ingest  # noqa: F401
+            import dicomnode.archive.ingest  # noqa: F401
             import dicomnode.render
             import dicomnode.tags  # noqa: F401
     import dicomnode.render

@@ -1,0 +1,299 @@
+"""The index: peewee models for Patient → Study → Series → Instance and Dolmen's own records.
+
+One :data:`db` proxy is bound by :func:`open_index` to SQLite (WAL mode, so the web process
+reads while the sidecar writes) or PostgreSQL, with the same models. Text columns hold
+Unicode decoded with the file's (0008,0005) *Specific Character Set*; dates are kept as DICOM
+strings (``YYYYMMDD``) so that range matching is a string comparison.
+
+Counters (``num_instances``, ``size``...) are kept up to date by :mod:`dicomnode.archive.ingest` in
+the same transaction as the rows, so lists with 100,000 studies never count on the fly.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import peewee
+from peewee import AutoField
+from peewee import BigIntegerField
+from peewee import BooleanField
+from peewee import CharField
+from peewee import DatabaseProxy
+from peewee import DateTimeField
+from peewee import FloatField
+from peewee import ForeignKeyField
+from peewee import IntegerField
+from peewee import Model
+from peewee import TextField
+
+from dicomnode.errors import DolmenError
+
+LOGGER = logging.getLogger(__name__)
+
+db = DatabaseProxy()
+
+#: Serialises writers inside one process; SQLite's busy timeout handles other processes.
+_WRITE_LOCK = threading.RLock()
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now, as stored in every timestamp column."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class Patient(BaseModel):
+    """A patient, identified like Orthanc by the SHA-1 of (0010,0020) *Patient ID*."""
+
+    pk = AutoField()
+    public_id = CharField(max_length=44, unique=True)
+    patient_id = CharField(default="", index=True)
+    patient_name = CharField(default="")
+    patient_name_key = CharField(default="", index=True)  # upper-cased, for case-insensitive PN matching
+    patient_birth_date = CharField(default="")
+    patient_sex = CharField(default="")
+    num_studies = IntegerField(default=0)
+    num_series = IntegerField(default=0)
+    num_instances = IntegerField(default=0)
+    size = BigIntegerField(default=0)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+
+class Study(BaseModel):
+    """A study: (0020,000D) *Study Instance UID* within a patient."""
+
+    pk = AutoField()
+    public_id = CharField(max_length=44, unique=True)
+    patient = ForeignKeyField(Patient, backref="studies", column_name="patient_pk", on_delete="CASCADE")
+    study_instance_uid = CharField(max_length=64, index=True)
+    study_date = CharField(default="", index=True)
+    study_time = CharField(default="")
+    study_description = CharField(default="")
+    accession_number = CharField(default="", index=True)
+    study_id = CharField(default="")
+    referring_physician_name = CharField(default="")
+    modalities_in_study = CharField(default="")  # backslash-separated, sorted
+    sop_classes_in_study = TextField(default="")  # backslash-separated, sorted
+    num_series = IntegerField(default=0)
+    num_instances = IntegerField(default=0)
+    size = BigIntegerField(default=0)
+    created_at = DateTimeField(default=utcnow, index=True)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        # The study list's default order (newest first) read from an index alone, so a deep
+        # page of 100,000 studies skips its offset without touching the table.
+        indexes = ((("study_date", "study_time"), False),)
+
+
+class Series(BaseModel):
+    """A series: (0020,000E) *Series Instance UID* within a study."""
+
+    pk = AutoField()
+    public_id = CharField(max_length=44, unique=True)
+    study = ForeignKeyField(Study, backref="series", column_name="study_pk", on_delete="CASCADE")
+    series_instance_uid = CharField(max_length=64, index=True)
+    modality = CharField(default="", index=True)
+    series_number = IntegerField(null=True)
+    series_description = CharField(default="")
+    body_part_examined = CharField(default="")
+    series_date = CharField(default="")
+    series_time = CharField(default="")
+    num_instances = IntegerField(default=0)
+    size = BigIntegerField(default=0)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+
+class Instance(BaseModel):
+    """One stored object: its file in the store and where it came from."""
+
+    pk = AutoField()
+    public_id = CharField(max_length=44, unique=True)
+    series = ForeignKeyField(Series, backref="instances", column_name="series_pk", on_delete="CASCADE")
+    sop_instance_uid = CharField(max_length=64, unique=True)
+    sop_class_uid = CharField(max_length=64, default="")
+    instance_number = IntegerField(null=True)
+    number_of_frames = IntegerField(default=1)
+    transfer_syntax_uid = CharField(max_length=64, default="")
+    file_size = BigIntegerField(default=0)
+    path = CharField(max_length=255, unique=True)  # relative to the storage root, server-generated
+    received_at = DateTimeField(default=utcnow)
+    origin = CharField(default="")  # dicom | upload | stow | import | retrieve
+    sender_aet = CharField(default="")
+    sender_ip = CharField(default="")
+    called_aet = CharField(default="")
+
+
+class Modality(BaseModel):
+    """A remote DICOM node added in the modalities page (config ones are not stored here)."""
+
+    pk = AutoField()
+    name = CharField(unique=True)
+    aet = CharField(max_length=16)
+    host = CharField()
+    port = IntegerField(default=104)
+    allow = CharField(default="echo,store,find,move,get")
+    description = CharField(default="")
+    fallback_get = BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow)
+
+
+class Job(BaseModel):
+    """A long-running operation (send, retrieve, DICOMweb transfer) run by the sidecar."""
+
+    pk = AutoField()
+    kind = CharField()  # send | move | get | stow | wado
+    state = CharField(default="pending", index=True)  # pending running success failure cancelled
+    target = CharField(default="")
+    description = CharField(default="")
+    params = TextField(default="{}")  # JSON
+    total = IntegerField(default=0)
+    done = IntegerField(default=0)
+    failed = IntegerField(default=0)
+    warning = IntegerField(default=0)
+    bytes_done = BigIntegerField(default=0)
+    error = TextField(default="")
+    details = TextField(default="[]")  # JSON list of per-instance failures / transcript
+    created_at = DateTimeField(default=utcnow, index=True)
+    started_at = DateTimeField(null=True)
+    ended_at = DateTimeField(null=True)
+    cancel_requested = BooleanField(default=False)
+
+
+class AssociationEvent(BaseModel):
+    """One inbound association or operation, accepted or refused, for the association log."""
+
+    pk = AutoField()
+    at = DateTimeField(default=utcnow, index=True)
+    calling_aet = CharField(default="")
+    called_aet = CharField(default="")
+    peer_ip = CharField(default="")
+    operation = CharField(default="")  # associate | echo | store | find | move | get
+    accepted = BooleanField(default=True)
+    reason = TextField(default="")
+    count = IntegerField(default=0)
+    duration = FloatField(default=0.0)
+
+
+class DicomwebServer(BaseModel):
+    """A remote DICOMweb server added in the DICOMweb page (config ones are not stored here)."""
+
+    pk = AutoField()
+    name = CharField(unique=True)
+    url = CharField(max_length=1024)
+    username = CharField(default="")
+    password = CharField(default="")  # sent as HTTP Basic; kept like the config file keeps it
+    headers = TextField(default="{}")  # JSON object of extra HTTP headers
+    created_at = DateTimeField(default=utcnow)
+
+
+MODELS: tuple[type[BaseModel], ...] = (Patient, Study, Series, Instance, Modality, Job, AssociationEvent,
+                                       DicomwebServer)
+
+
+class IndexUnavailable(DolmenError):
+    """The index database cannot be opened or answered with an error."""
+
+    code = "index_unavailable"
+    http_status = 503
+
+
+def _sqlite_path(url: str) -> str:
+    path = url[len("sqlite:///"):]
+    return path
+
+
+def open_index(url: str, *, synchronous_full: bool = True, create: bool = True) -> peewee.Database:
+    """Open the index at ``url``, bind :data:`db` to it and create missing tables.
+
+    Parameters
+    ----------
+    url : str
+        ``sqlite:///path/to/index.db`` or ``postgresql://user:password@host:port/dbname``.
+    synchronous_full : bool
+        SQLite ``synchronous=FULL`` (every commit reaches the disk) when True, else ``NORMAL``
+        (safe against a crash of Dolmen, not of the machine).
+    create : bool
+        Create tables that do not exist yet.
+
+    Raises
+    ------
+    IndexUnavailable
+        When the database cannot be opened.
+    """
+    database: peewee.Database
+    if url.startswith("sqlite:///"):
+        path = _sqlite_path(url)
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        database = peewee.SqliteDatabase(
+            path,
+            pragmas={
+                "journal_mode": "wal",
+                "busy_timeout": 30000,
+                "synchronous": "full" if synchronous_full else "normal",
+                "foreign_keys": 1,
+                "cache_size": -32000,
+                "temp_store": "memory",
+            },
+            timeout=30,
+            check_same_thread=False,
+        )
+    elif url.startswith(("postgresql://", "postgres://")):
+        parsed = urlparse(url)
+        database = peewee.PostgresqlDatabase(
+            (parsed.path or "/").lstrip("/") or "dolmen",
+            user=parsed.username,
+            password=parsed.password,
+            host=parsed.hostname,
+            port=parsed.port or 5432,
+            autorollback=True,
+        )
+    else:
+        raise IndexUnavailable(f"Unsupported database URL {url!r}: use sqlite:/// or postgresql://")
+    db.initialize(database)
+    try:
+        database.connect(reuse_if_open=True)
+        if create:
+            with _WRITE_LOCK:
+                database.create_tables(MODELS, safe=True)
+    except peewee.OperationalError as exc:
+        raise IndexUnavailable(f"The index at {url} cannot be opened: {exc}") from exc
+    return database
+
+
+@contextlib.contextmanager
+def write_transaction() -> Iterator[Any]:
+    """A write transaction that takes the write lock up front.
+
+    On SQLite, ``BEGIN IMMEDIATE`` avoids the deadlock of two readers upgrading to writers
+    (where SQLite fails at once instead of waiting out the busy timeout); inside one process a
+    lock serialises writers so threads do not spin on the busy handler.
+    """
+    with _WRITE_LOCK:
+        database = db.obj
+        if isinstance(database, peewee.SqliteDatabase):
+            with database.atomic("IMMEDIATE") as txn:
+                yield txn
+        else:
+            with database.atomic() as txn:
+                yield txn
+
+
+def close_index() -> None:
+    """Close this thread's connection, if any."""
+    if db.obj is not None and not db.is_closed():
+        db.close()
