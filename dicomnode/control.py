@@ -191,7 +191,7 @@ class ControlClient:
                 sock.connect(self.path)
                 sock.sendall(request)
                 line = _read_line(sock, timeout)
-        except (FileNotFoundError, ConnectionRefusedError, socket.timeout, OSError, ValueError) as exc:
+        except (TimeoutError, FileNotFoundError, ConnectionRefusedError, OSError, ValueError) as exc:
             why = {FileNotFoundError: "it is not running (no control socket)",
                    ConnectionRefusedError: "it refused the connection",
                    socket.timeout: f"it did not answer within {timeout:g} s"}.get(type(exc), str(exc))

@@ -72,3 +72,13 @@ class RemoteError(DolmenError):
 
     code = "remote_error"
     http_status = 502
+
+
+def first_line(exc: BaseException) -> str:
+    """A one-line summary of an exception (a codec's or a library's), for a user-facing message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[-1]}"
+    return lines[0]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import peewee
 
+from dicomnode.archive.index import Modality
+from dicomnode.archive.index import write_transaction
 from dicomnode.config import OPERATIONS
 from dicomnode.config import ModalityConfig
 from dicomnode.config import Settings
@@ -18,8 +20,6 @@ from dicomnode.config import check_aet
 from dicomnode.config import check_name
 from dicomnode.errors import DolmenError
 from dicomnode.errors import NotFound
-from dicomnode.archive.index import Modality
-from dicomnode.archive.index import write_transaction
 
 LOGGER = logging.getLogger(__name__)
 

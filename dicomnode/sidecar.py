@@ -19,21 +19,21 @@ from typing import Any
 from pynetdicom import association as pynetdicom_association
 
 from dicomnode import __version__
-from dicomnode.net import assoclog
 from dicomnode import config
-from dicomnode.archive import index
 from dicomnode import jobs
-from dicomnode.net import latency as netpatch
 from dicomnode import peers
+from dicomnode.archive import index
 from dicomnode.archive import reconcile
-from dicomnode.net import scp
-from dicomnode.net import scu
-from dicomnode.jobs import transfer
-from dicomnode.net import hardening as upperlayer
-from dicomnode.control import ControlServer
-from dicomnode.errors import DolmenError
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.store import Store
+from dicomnode.control import ControlServer
+from dicomnode.errors import DolmenError
+from dicomnode.jobs import transfer
+from dicomnode.net import assoclog
+from dicomnode.net import hardening as upperlayer
+from dicomnode.net import latency as netpatch
+from dicomnode.net import scp
+from dicomnode.net import scu
 
 LOGGER = logging.getLogger("dicomnode.sidecar")
 

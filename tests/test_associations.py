@@ -17,12 +17,12 @@ from urllib.parse import urlparse
 import pytest
 from bs4 import BeautifulSoup
 
-from dicomnode.net import assoclog
 from dicomnode import config
-from dicomnode.archive import index
 from dicomnode import peers
-from dicomnode.net import scp
+from dicomnode.archive import index
 from dicomnode.archive.index import AssociationEvent
+from dicomnode.net import assoclog
+from dicomnode.net import scp
 from tests.conftest import DolmenProcess
 from tests.conftest import make_config_doc
 from tests.conftest import start_dolmen

@@ -25,10 +25,10 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pydicom.uid import JPEGBaseline8Bit
 
 from dicomnode import demodata
-from dicomnode.errors import RejectedInstance
 from dicomnode.archive.ingest import _header
 from dicomnode.archive.ingest import fast_header
 from dicomnode.archive.ingest import read_header
+from dicomnode.errors import RejectedInstance
 from tests.conftest import pydicom_test_files
 
 

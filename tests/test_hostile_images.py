@@ -36,9 +36,9 @@ from pydicom.uid import JPEGBaseline8Bit
 from pydicom.uid import RLELossless
 from pydicom.uid import generate_uid
 
-from dicomnode.render import decodepool
 from dicomnode import render
 from dicomnode.errors import RenderError
+from dicomnode.render import decodepool
 from tests.hostile import Survival
 from tests.hostile import assert_no_traceback
 from tests.hostile import encode
@@ -535,7 +535,8 @@ def test_sending_a_corrupt_compressed_instance_decoded_for_the_peer(tmp_path: Pa
     from pynetdicom.sop_class import MRImageStorage
 
     from dicomnode import config
-    from dicomnode.net import scu
+    from dicomnode.net import send
+    from dicomnode.net import wire
     from dicomnode.peers import Node
     from tests.conftest import free_port
 
@@ -546,7 +547,7 @@ def test_sending_a_corrupt_compressed_instance_decoded_for_the_peer(tmp_path: Pa
     for name, ds in (("bad", bad), ("good", good)):
         path = tmp_path / f"{name}.dcm"
         path.write_bytes(encode(ds))
-        items.append(scu.SendItem(str(path), str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+        items.append(wire.SendItem(str(path), str(ds.SOPClassUID), str(ds.SOPInstanceUID),
                                   str(ds.file_meta.TransferSyntaxUID), path.stat().st_size))
     received: list[str] = []
 
@@ -561,7 +562,7 @@ def test_sending_a_corrupt_compressed_instance_decoded_for_the_peer(tmp_path: Pa
     try:
         settings = config.from_dict({"storage": {"path": str(tmp_path / "s")}, "dicom": {"port": 4242}})
         failures: list[str] = []
-        report = scu.send(settings, Node("plain", "PLAIN", "127.0.0.1", port, ()), items,
+        report = send.send(settings, Node("plain", "PLAIN", "127.0.0.1", port, ()), items,
                           on_result=lambda item, status, message: failures.append(message) if status is None
                           else None)
     finally:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from dicomnode import config
-from dicomnode.archive import index
 from dicomnode import jobs
+from dicomnode.archive import index
 from dicomnode.archive.index import Job
 from dicomnode.archive.index import utcnow
 from tests.conftest import wait_for

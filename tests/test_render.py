@@ -37,9 +37,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.uid import RLELossless
 from pydicom.uid import SecondaryCaptureImageStorage
 from pydicom.uid import generate_uid
-from tests.render_reference import NO_IMAGE
-from tests.render_reference import REFERENCES
-from tests.render_reference import Entry
 
 from dicomnode.errors import RenderError
 from dicomnode.render import MAX_FRAME_BYTES
@@ -50,6 +47,9 @@ from dicomnode.render import frame_count
 from dicomnode.render import has_pixels
 from dicomnode.render import placeholder
 from dicomnode.render import render
+from tests.render_reference import NO_IMAGE
+from tests.render_reference import REFERENCES
+from tests.render_reference import Entry
 
 Array = npt.NDArray[np.uint8]
 Dcmtk = Callable[..., subprocess.CompletedProcess[str]]

@@ -9,8 +9,6 @@ import pytest
 
 from dicomnode.archive import index
 from dicomnode.archive import resources
-from dicomnode.errors import DolmenError
-from dicomnode.errors import NotFound
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
@@ -18,6 +16,8 @@ from dicomnode.archive.index import Study
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.ingest import Source
 from dicomnode.archive.store import Store
+from dicomnode.errors import DolmenError
+from dicomnode.errors import NotFound
 
 
 @pytest.fixture

@@ -712,8 +712,7 @@ def test_store_response_parser_reads_what_pynetdicom_writes() -> None:
     pynetdicom would, and leaves anything else to it."""
     from pynetdicom.dsutils import encode
 
-    from dicomnode.net import scu
-
+    from dicomnode.net import wire
     command = Dataset()
     command.AffectedSOPClassUID = CT
     command.CommandField = 0x8001
@@ -724,9 +723,9 @@ def test_store_response_parser_reads_what_pynetdicom_writes() -> None:
     command.AffectedSOPInstanceUID = "1.2.3"
     body = encode(command, True, True)
     raw = b"\x00\x00\x00\x00\x04\x00\x00\x00" + len(body).to_bytes(4, "little") + body
-    got = scu.parse_store_response(raw)
+    got = wire.parse_store_response(raw)
     assert got is not None
     assert (got.MessageIDBeingRespondedTo, got.Status, got.ErrorComment) == (7, 0xB007, "coerced")
     command.CommandField = 0x8020  # a C-FIND-RSP: not for the fast path
-    assert scu.parse_store_response(encode(command, True, True)) is None
-    assert scu.parse_store_response(b"\x00\x00\x00\x01") is None
+    assert wire.parse_store_response(encode(command, True, True)) is None
+    assert wire.parse_store_response(b"\x00\x00\x00\x01") is None

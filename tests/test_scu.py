@@ -20,8 +20,12 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
 from dicomnode import config
 from dicomnode import demodata
-from dicomnode.net import scu
+from dicomnode import status
 from dicomnode.errors import RemoteError
+from dicomnode.net import connect
+from dicomnode.net import scu
+from dicomnode.net import send
+from dicomnode.net import wire
 from dicomnode.peers import Node
 from tests.conftest import free_port
 from tests.conftest import start_orthanc
@@ -71,9 +75,9 @@ def pacs(orthanc: Any) -> Node:
     return Node("pacs", "PACS", "127.0.0.1", orthanc.dicom_port, ())
 
 
-def item(path: Path | str) -> scu.SendItem:
+def item(path: Path | str) -> wire.SendItem:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return scu.SendItem(
+    return wire.SendItem(
         str(path),
         str(ds.SOPClassUID),
         str(ds.SOPInstanceUID),
@@ -387,7 +391,7 @@ def test_send_reports_each_status_and_goes_on(
     mr = item(get_testdata_file("MR_small.dcm"))
     peer["statuses"] = {files[1].sop_instance_uid: 0xA700, files[2].sop_instance_uid: 0xB000}
     results: list[tuple[str, int | None, str]] = []
-    report = scu.send(
+    report = send.send(
         settings,
         peer["node"],
         files + [mr],
@@ -405,7 +409,7 @@ def test_send_stops_between_instances_when_cancelled(
 ) -> None:
     files = [item(p) for p in ct_files(tmp_path, 5)]
     done: list[str] = []
-    report = scu.send(
+    report = send.send(
         settings,
         peer["node"],
         files,
@@ -453,7 +457,7 @@ def test_send_to_storescp_transcodes_when_it_takes_only_uncompressed(
     node, out = storescp()  # storescp accepts uncompressed syntaxes only by default
     jpeg2000 = item(get_testdata_file("MR_small_jp2klossless.dcm"))
     plain = item(get_testdata_file("CT_small.dcm"))
-    report = scu.send(settings, node, [jpeg2000, plain])
+    report = send.send(settings, node, [jpeg2000, plain])
     assert (report.sent, report.failed, report.transcoded) == (2, 0, 1)
     got = received(out)
     assert not got[jpeg2000.sop_instance_uid].file_meta.TransferSyntaxUID.is_compressed
@@ -467,7 +471,7 @@ def test_send_to_storescp_keeps_the_stored_syntax_when_accepted(
 ) -> None:
     node, out = storescp("+xa")  # accept every transfer syntax
     jpeg2000 = item(get_testdata_file("MR_small_jp2klossless.dcm"))
-    report = scu.send(settings, node, [jpeg2000])
+    report = send.send(settings, node, [jpeg2000])
     assert (report.sent, report.transcoded) == (1, 0)
     assert (
         received(out)[jpeg2000.sop_instance_uid].file_meta.TransferSyntaxUID == jpeg2000.transfer_syntax_uid
@@ -476,12 +480,12 @@ def test_send_to_storescp_keeps_the_stored_syntax_when_accepted(
 
 def test_status_messages_say_what_to_do() -> None:
     node = Node("pacs", "PACS", "10.0.0.5", 104, ())
-    assert scu.status_message(0x0122, "find", node) == (
+    assert connect.status_message(0x0122, "find", node) == (
         "pacs answered the C-FIND with 0x0122 SOP class not supported. "
         "The remote node does not implement this service."
     )
-    assert scu.error_code(0xA702) == "out_of_resources" and scu.error_code(0xC123) == "unable_to_process"
-    assert "Cannot understand" in scu.status_message(0xC000, "store", node, comment="bad pixel data")
-    assert "(bad pixel data)" in scu.status_message(0xC000, "store", node, comment="bad pixel data")
-    other = scu.status_message(0xA801, "move", node, destination="VIEWER")
+    assert status.error_code(0xA702) == "out_of_resources" and status.error_code(0xC123) == "unable_to_process"
+    assert "Cannot understand" in connect.status_message(0xC000, "store", node, comment="bad pixel data")
+    assert "(bad pixel data)" in connect.status_message(0xC000, "store", node, comment="bad pixel data")
+    other = connect.status_message(0xA801, "move", node, destination="VIEWER")
     assert "does not know the AE title 'VIEWER'" in other

@@ -14,11 +14,11 @@ from flask import Flask
 
 from dicomnode import __version__
 from dicomnode import config
-from dicomnode.archive import index
 from dicomnode import render
-from dicomnode.control import ControlClient
+from dicomnode.archive import index
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.store import Store
+from dicomnode.control import ControlClient
 from webapp import paths
 from webapp.services import Services
 

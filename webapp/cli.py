@@ -42,9 +42,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from dicomnode.archive import index
     from dicomnode.archive import reconcile
-    from dicomnode.control import check_socket_path
     from dicomnode.archive.ingest import Ingestor
     from dicomnode.archive.store import Store
+    from dicomnode.control import check_socket_path
     from dicomnode.supervisor import Supervisor
     from webapp import create_app
 

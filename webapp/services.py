@@ -8,10 +8,10 @@ from typing import Any
 
 from flask import current_app
 
-from dicomnode.config import Settings
-from dicomnode.control import ControlClient
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.store import Store
+from dicomnode.config import Settings
+from dicomnode.control import ControlClient
 
 
 @dataclass

@@ -44,7 +44,7 @@ _WRITE_LOCK = threading.RLock()
 
 def utcnow() -> dt.datetime:
     """Naive UTC now, as stored in every timestamp column."""
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 class BaseModel(Model):

@@ -38,9 +38,6 @@ from pydicom.valuerep import TEXT_VR_DELIMS
 from pydicom.values import convert_value
 
 from dicomnode import ids
-from dicomnode.errors import DolmenError
-from dicomnode.errors import RejectedInstance
-from dicomnode.errors import StorageFull
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
@@ -50,6 +47,9 @@ from dicomnode.archive.index import utcnow
 from dicomnode.archive.index import write_transaction
 from dicomnode.archive.resources import remove_instance_rows
 from dicomnode.archive.store import Store
+from dicomnode.errors import DolmenError
+from dicomnode.errors import RejectedInstance
+from dicomnode.errors import StorageFull
 
 LOGGER = logging.getLogger(__name__)
 

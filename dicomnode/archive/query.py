@@ -29,11 +29,11 @@ from peewee import Expression
 from peewee import Field
 from peewee import fn
 
-from dicomnode.errors import DolmenError
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
+from dicomnode.errors import DolmenError
 
 PATIENT = "PATIENT"
 STUDY = "STUDY"

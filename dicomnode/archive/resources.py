@@ -34,20 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.archive import query
-from dicomnode.errors import DolmenError
-from dicomnode.errors import NotFound
-from dicomnode.errors import RenderError
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
 from dicomnode.archive.index import utcnow
 from dicomnode.archive.index import write_transaction
+from dicomnode.archive.store import Store
+from dicomnode.errors import DolmenError
+from dicomnode.errors import NotFound
+from dicomnode.errors import RenderError
 from dicomnode.render import WINDOW_PRESETS
 from dicomnode.render import Window
 from dicomnode.render import placeholder
 from dicomnode.render import render
-from dicomnode.archive.store import Store
 
 LOGGER = logging.getLogger(__name__)
 

@@ -34,11 +34,6 @@ import requests
 from dicomnode import __version__
 from dicomnode import jobs
 from dicomnode.archive import query
-from dicomnode.config import DicomwebServerConfig
-from dicomnode.config import Settings
-from dicomnode.errors import DolmenError
-from dicomnode.errors import NotFound
-from dicomnode.errors import RemoteError
 from dicomnode.archive.index import DicomwebServer
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
@@ -47,12 +42,17 @@ from dicomnode.archive.index import Study
 from dicomnode.archive.index import write_transaction
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.ingest import Source
+from dicomnode.archive.store import Store
+from dicomnode.config import DicomwebServerConfig
+from dicomnode.config import Settings
 from dicomnode.dicomweb.multipart import MultipartReader
 from dicomnode.dicomweb.multipart import Part
 from dicomnode.dicomweb.multipart import SizedBody
 from dicomnode.dicomweb.multipart import new_boundary
 from dicomnode.dicomweb.multipart import parse_media_type
-from dicomnode.archive.store import Store
+from dicomnode.errors import DolmenError
+from dicomnode.errors import NotFound
+from dicomnode.errors import RemoteError
 
 LOGGER = logging.getLogger(__name__)
 

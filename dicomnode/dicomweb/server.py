@@ -46,12 +46,9 @@ from pydicom.encaps import get_frame
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from dicomnode.archive import query
 from dicomnode import render
 from dicomnode import tags
-from dicomnode.errors import DolmenError
-from dicomnode.errors import NotFound
-from dicomnode.errors import RenderError
+from dicomnode.archive import query
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
@@ -60,11 +57,14 @@ from dicomnode.archive.index import db
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.ingest import IngestResult
 from dicomnode.archive.ingest import Source
+from dicomnode.archive.store import Store
 from dicomnode.dicomweb.multipart import MediaType
 from dicomnode.dicomweb.multipart import MultipartReader
 from dicomnode.dicomweb.multipart import Part
 from dicomnode.dicomweb.multipart import parse_media_type
-from dicomnode.archive.store import Store
+from dicomnode.errors import DolmenError
+from dicomnode.errors import NotFound
+from dicomnode.errors import RenderError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -69,14 +69,14 @@ from typing import Any
 
 import peewee
 
-from dicomnode.config import Settings
-from dicomnode.errors import DolmenError
-from dicomnode.errors import NotFound
 from dicomnode.archive.index import Job
 from dicomnode.archive.index import utcnow
 from dicomnode.archive.index import write_transaction
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.store import Store
+from dicomnode.config import Settings
+from dicomnode.errors import DolmenError
+from dicomnode.errors import NotFound
 
 LOGGER = logging.getLogger(__name__)
 

@@ -25,14 +25,17 @@ from typing import Any
 
 from dicomnode import jobs
 from dicomnode import peers
-from dicomnode.net import scu
-from dicomnode.errors import DolmenError
-from dicomnode.errors import RemoteError
+from dicomnode import status
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
 from dicomnode.archive.ingest import Source
+from dicomnode.errors import DolmenError
+from dicomnode.errors import RemoteError
+from dicomnode.net import scu
+from dicomnode.net import send
+from dicomnode.net import wire
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ UID_CHUNK = 100
 # -- send -----------------------------------------------------------------------------------
 
 
-def send_items(resources: list[dict[str, Any]]) -> list[scu.SendItem]:
+def send_items(resources: list[dict[str, Any]]) -> list[wire.SendItem]:
     """The stored instances of local resources, in study/series/instance order, each once.
 
     Raises
@@ -59,7 +62,7 @@ def send_items(resources: list[dict[str, Any]]) -> list[scu.SendItem]:
         "instance": Instance.public_id,
     }
     seen: set[int] = set()
-    items: list[scu.SendItem] = []
+    items: list[wire.SendItem] = []
     for resource in resources:
         level, public_id = str(resource.get("level", "")).lower(), str(resource.get("id", ""))
         if level not in fields:
@@ -96,7 +99,7 @@ def send_items(resources: list[dict[str, Any]]) -> list[scu.SendItem]:
                 continue
             seen.add(row.pk)
             items.append(
-                scu.SendItem(
+                wire.SendItem(
                     str(row.path),
                     str(row.sop_class_uid),
                     str(row.sop_instance_uid),
@@ -137,21 +140,21 @@ def run_send(job: jobs.JobContext) -> None:
     items = send_items(list(job.params.get("resources") or []))
     assert job.store is not None
     items = [
-        scu.SendItem(
+        wire.SendItem(
             str(job.store.path(i.path)), i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.size
         )
         for i in items
     ]
     job.progress(total=len(items), force=True)
 
-    def on_result(item: scu.SendItem, status: int | None, message: str) -> None:
-        if status is not None and (status == scu.SUCCESS or status in scu.STORE_WARNINGS):
+    def on_result(item: wire.SendItem, status: int | None, message: str) -> None:
+        if status is not None and (status == status.SUCCESS or status in status.STORE_WARNINGS):
             job.progress(
                 done=job.done + 1,
                 bytes_done=job.bytes_done + item.size,
-                warning=job.warning + (status != scu.SUCCESS),
+                warning=job.warning + (status != status.SUCCESS),
             )
-            if status != scu.SUCCESS:
+            if status != status.SUCCESS:
                 job.note(sop_instance_uid=item.sop_instance_uid, status=f"0x{status:04X}", message=message)
         else:
             job.fail_item(
@@ -164,7 +167,7 @@ def run_send(job: jobs.JobContext) -> None:
         job.give_way()
         return job.cancelled()
 
-    report = scu.send(job.settings, node, items, on_result=on_result, cancelled=cancelled)
+    report = send.send(job.settings, node, items, on_result=on_result, cancelled=cancelled)
     job.flush(force=True)
     if report.cancelled:
         raise jobs.JobCancelled(f"cancelled after {report.sent} of {len(items)} instances")
@@ -321,7 +324,7 @@ def _get(
         result = ingestor.ingest_spooled(path, source)
         if result.ok:
             job.progress(bytes_done=job.bytes_done + size)
-            return scu.SUCCESS
+            return status.SUCCESS
         job.fail_item(
             count=False,
             sop_instance_uid=result.sop_instance_uid,

@@ -18,12 +18,12 @@ from typing import Any
 
 import peewee
 
-from dicomnode.config import OPERATIONS
-from dicomnode.config import Settings
 from dicomnode.archive.index import AssociationEvent
 from dicomnode.archive.index import utcnow
 from dicomnode.archive.index import write_transaction
 from dicomnode.archive.query import _wildcard
+from dicomnode.config import OPERATIONS
+from dicomnode.config import Settings
 
 LOGGER = logging.getLogger(__name__)
 

@@ -62,16 +62,18 @@ from pynetdicom.sop_class import Verification
 
 from dicomnode import peers
 from dicomnode.archive import query
-from dicomnode.net import scu
-from dicomnode.net import hardening as upperlayer
-from dicomnode.config import Settings
-from dicomnode.errors import DolmenError
 from dicomnode.archive.index import AssociationEvent
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.ingest import Source
+from dicomnode.config import Settings
+from dicomnode.errors import DolmenError
+from dicomnode.net import connect
+from dicomnode.net import hardening as upperlayer
+from dicomnode.net import send
+from dicomnode.net import wire
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,12 +98,12 @@ PENDING_INTERVAL = 0.1
 
 #: Query/Retrieve information models served: SOP Class UID -> (root, DIMSE service).
 QR_MODELS: dict[str, tuple[str, str]] = {
-    str(scu.PatientRootQueryRetrieveInformationModelFind): ("PATIENT", "find"),
-    str(scu.StudyRootQueryRetrieveInformationModelFind): ("STUDY", "find"),
-    str(scu.PatientRootQueryRetrieveInformationModelMove): ("PATIENT", "move"),
-    str(scu.StudyRootQueryRetrieveInformationModelMove): ("STUDY", "move"),
-    str(scu.PatientRootQueryRetrieveInformationModelGet): ("PATIENT", "get"),
-    str(scu.StudyRootQueryRetrieveInformationModelGet): ("STUDY", "get"),
+    str(connect.PatientRootQueryRetrieveInformationModelFind): ("PATIENT", "find"),
+    str(connect.StudyRootQueryRetrieveInformationModelFind): ("STUDY", "find"),
+    str(connect.PatientRootQueryRetrieveInformationModelMove): ("PATIENT", "move"),
+    str(connect.StudyRootQueryRetrieveInformationModelMove): ("STUDY", "move"),
+    str(connect.PatientRootQueryRetrieveInformationModelGet): ("PATIENT", "get"),
+    str(connect.StudyRootQueryRetrieveInformationModelGet): ("STUDY", "get"),
 }
 _ROOT_NAME = {"PATIENT": "Patient Root", "STUDY": "Study Root"}
 _LEVELS_OF_ROOT = {"PATIENT": query.LEVELS, "STUDY": query.LEVELS[1:]}
@@ -274,7 +276,7 @@ def handle_conn_open(event: evt.Event) -> None:
     """TCP_NODELAY on inbound connections: C-FIND answers, C-MOVE/C-GET pending responses and
     C-GET's C-STOREs are small writes that Nagle's algorithm would hold for the requester's
     delayed ACK (~40 ms each on Linux)."""
-    scu._no_delay(event)
+    connect._no_delay(event)
 
 
 def handle_established(event: evt.Event, ctx: Context) -> None:
@@ -648,7 +650,7 @@ def serve_find(service: QueryRetrieveServiceClass, ctx: Context, req: Any,
                 LOGGER.error("C-FIND: cannot encode an answer")
                 code, comment, data = UNABLE_TO_PROCESS, "Cannot encode an answer", None
         try:
-            scu.send_response_direct(assoc, cx_id, scu.C_FIND_RSP, sop_class, msg_id, code, data,
+            wire.send_response_direct(assoc, cx_id, wire.C_FIND_RSP, sop_class, msg_id, code, data,
                                      comment=comment)
         except OSError as exc:  # the requester went away; the association ends on its own
             LOGGER.info("Cannot send a C-FIND response: %s", exc)
@@ -658,7 +660,7 @@ def serve_find(service: QueryRetrieveServiceClass, ctx: Context, req: Any,
             return
     if assoc.is_established:
         with contextlib.suppress(OSError):
-            scu.send_response_direct(assoc, cx_id, scu.C_FIND_RSP, sop_class, msg_id, SUCCESS, None)
+            wire.send_response_direct(assoc, cx_id, wire.C_FIND_RSP, sop_class, msg_id, SUCCESS, None)
 
 
 # -- C-MOVE and C-GET -------------------------------------------------------------------------
@@ -675,7 +677,7 @@ class Progress:
     failed_uids: list[str] = field(default_factory=list)
     comment: str = ""
 
-    def count(self, item: scu.SendItem, status: int | None, message: str) -> None:
+    def count(self, item: wire.SendItem, status: int | None, message: str) -> None:
         self.remaining -= 1
         if status == SUCCESS:
             self.completed += 1
@@ -691,7 +693,7 @@ class Progress:
         return f"{self.completed} completed, {self.failed} failed, {self.warning} warning(s)"
 
 
-def retrieve_items(ctx: Context, root: str, identifier: Dataset) -> tuple[str, list[scu.SendItem]]:
+def retrieve_items(ctx: Context, root: str, identifier: Dataset) -> tuple[str, list[wire.SendItem]]:
     """The level and the stored instances a C-MOVE/C-GET identifier names, in series/instance order.
 
     Only the unique keys (PS3.4 C.4.2.2.1) of the level and above select; the level's own
@@ -724,7 +726,7 @@ def retrieve_items(ctx: Context, root: str, identifier: Dataset) -> tuple[str, l
     # Relative paths are server-generated (store.new_relpath), so joining strings is safe and
     # much cheaper than a Path per instance.
     root = str(ctx.ingestor.store.root)
-    items = [scu.SendItem(f"{root}/{row[0]}", str(row[1]), str(row[2]), str(row[3]), int(row[4] or 0))
+    items = [wire.SendItem(f"{root}/{row[0]}", str(row[1]), str(row[2]), str(row[3]), int(row[4] or 0))
              for row in rows]
     return level, items
 
@@ -766,7 +768,7 @@ def _respond(service: QueryRetrieveServiceClass, req: Any, context: Presentation
     """Send one C-MOVE/C-GET response: counters, Error Comment and Failed SOP Instance UID List.
 
     Written straight to the socket by this thread, the association's only writer while it
-    serves the request (C-GET's C-STOREs go the same way, :func:`scu.send_c_store_direct`).
+    serves the request (C-GET's C-STOREs go the same way, :func:`wire.send_c_store_direct`).
     """
     counts: tuple[int | None, int | None, int | None, int | None] | None = None
     data = None
@@ -778,9 +780,9 @@ def _respond(service: QueryRetrieveServiceClass, req: Any, context: Presentation
             ds = Dataset()
             ds.FailedSOPInstanceUIDList = progress.failed_uids or None
             data = encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
-    command = scu.C_MOVE_RSP if isinstance(req, C_MOVE) else scu.C_GET_RSP
+    command = wire.C_MOVE_RSP if isinstance(req, C_MOVE) else wire.C_GET_RSP
     try:
-        scu.send_response_direct(service.assoc, int(context.context_id or 0), command,
+        wire.send_response_direct(service.assoc, int(context.context_id or 0), command,
                                  str(req.AffectedSOPClassUID), int(req.MessageID), status, data,
                                  comment=comment, counts=counts)
     except OSError as exc:  # the requester went away; the association ends on its own
@@ -854,7 +856,7 @@ def serve_retrieve(service: QueryRetrieveServiceClass, ctx: Context, req: Any, c
 
     last_pending = 0.0
 
-    def on_result(item: scu.SendItem, status: int | None, message: str) -> None:
+    def on_result(item: wire.SendItem, status: int | None, message: str) -> None:
         # Pending responses are optional (PS3.4 C.4.2.3.1): one after the first sub-operation,
         # then at most one per PENDING_INTERVAL, which keeps the counts live without a
         # DIMSE message per instance.
@@ -869,11 +871,11 @@ def serve_retrieve(service: QueryRetrieveServiceClass, ctx: Context, req: Any, c
     if items:
         try:
             if destination is not None:
-                scu.send(settings, destination, items, on_result=on_result, cancelled=is_cancelled,
+                send.send(settings, destination, items, on_result=on_result, cancelled=is_cancelled,
                          originator=(calling, int(req.MessageID)))
             else:
                 peer = peers.Node(calling or ip, calling, ip, 0, ())
-                scu.send_over(settings, assoc, peer, items, scu.SendReport(), on_result=on_result,
+                send.send_over(settings, assoc, peer, items, send.SendReport(), on_result=on_result,
                               cancelled=is_cancelled, first_msg_id=int(req.MessageID) + 1)
         except DolmenError as exc:
             problem = exc.message

@@ -314,7 +314,7 @@ def _decode(header: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]
     except BaseException as exc:  # noqa: BLE001 - Rust codecs panic with a BaseException
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        from dicomnode.render import _first_line
+        from dicomnode.errors import first_line as _first_line
 
         return {"ok": False, "error": _first_line(exc)}, b""
     photometric = str(properties.get("photometric_interpretation", options.get("photometric_interpretation")))

@@ -21,12 +21,9 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
-from dicomnode.dicomweb import server as dw
 from dicomnode.archive import query
-from dicomnode.errors import DolmenError
-from dicomnode.errors import NotFound
-from dicomnode.errors import RenderError
 from dicomnode.archive.ingest import Source
+from dicomnode.dicomweb import server as dw
 from dicomnode.dicomweb.multipart import CHUNK
 from dicomnode.dicomweb.multipart import MultipartFile
 from dicomnode.dicomweb.multipart import Part
@@ -35,6 +32,9 @@ from dicomnode.dicomweb.multipart import new_boundary
 from dicomnode.dicomweb.multipart import parse_accept
 from dicomnode.dicomweb.multipart import read_file
 from dicomnode.dicomweb.multipart import write_parts
+from dicomnode.errors import DolmenError
+from dicomnode.errors import NotFound
+from dicomnode.errors import RenderError
 from webapp.services import services
 from webapp.services import settings
 

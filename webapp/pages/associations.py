@@ -15,9 +15,9 @@ from flask import jsonify
 from flask import request
 from flask.typing import ResponseReturnValue
 
-from dicomnode.net import assoclog
 from dicomnode import peers
 from dicomnode.archive import query
+from dicomnode.net import assoclog
 from webapp.htmx import is_htmx
 from webapp.htmx import render
 from webapp.services import services

@@ -26,18 +26,18 @@ from flask import url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import MultiDict
 
+from dicomnode import tags
 from dicomnode.archive import query
 from dicomnode.archive import resources
-from dicomnode import tags
+from dicomnode.archive.index import Instance
+from dicomnode.archive.index import Patient
+from dicomnode.archive.index import Series
+from dicomnode.archive.index import Study
 from dicomnode.archive.zipstream import archive_name
 from dicomnode.archive.zipstream import stream_zip
 from dicomnode.errors import DolmenError
 from dicomnode.errors import NotFound
 from dicomnode.errors import RenderError
-from dicomnode.archive.index import Instance
-from dicomnode.archive.index import Patient
-from dicomnode.archive.index import Series
-from dicomnode.archive.index import Study
 from dicomnode.render import PRESET_LABELS
 from dicomnode.render import WINDOW_PRESETS
 from dicomnode.render import Window

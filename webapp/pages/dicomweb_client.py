@@ -21,11 +21,11 @@ from flask import url_for
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 
-from dicomnode.dicomweb import client
 from dicomnode import jobs
-from dicomnode.jobs import transfer
-from dicomnode.errors import DolmenError
 from dicomnode.archive.index import Job
+from dicomnode.dicomweb import client
+from dicomnode.errors import DolmenError
+from dicomnode.jobs import transfer
 from webapp.api.dicomweb import root_of
 from webapp.htmx import render
 from webapp.pages.qr import PRESETS

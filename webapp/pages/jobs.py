@@ -20,13 +20,13 @@ from flask import url_for
 from flask.typing import ResponseReturnValue
 
 from dicomnode import jobs as joblib
-from dicomnode.errors import DolmenError
-from dicomnode.errors import NotFound
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Job
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
+from dicomnode.errors import DolmenError
+from dicomnode.errors import NotFound
 from webapp.htmx import is_htmx
 from webapp.htmx import render
 from webapp.services import services

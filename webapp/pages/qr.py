@@ -19,12 +19,12 @@ from flask.typing import ResponseReturnValue
 from pydicom.uid import UID
 
 from dicomnode import peers
-from dicomnode.config import OPERATIONS
-from dicomnode.errors import DolmenError
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
+from dicomnode.config import OPERATIONS
+from dicomnode.errors import DolmenError
 from webapp.htmx import is_htmx
 from webapp.htmx import render
 from webapp.services import services
