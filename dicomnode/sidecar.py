@@ -33,6 +33,7 @@ from dicomnode.net import assoclog
 from dicomnode.net import hardening as upperlayer
 from dicomnode.net import latency as netpatch
 from dicomnode.net import scp
+from dicomnode.net import service
 from dicomnode.net import scu
 
 LOGGER = logging.getLogger("dicomnode.sidecar")
@@ -54,7 +55,7 @@ class Sidecar:
                            min_free_mb=settings["storage.min_free_mb"])
         index.open_index(settings.database_url, synchronous_full=False)
         self.ingestor = Ingestor(self.store, overwrite=settings["storage.overwrite"])
-        self.ctx = scp.Context(settings, self.ingestor)
+        self.ctx = service.Context(settings, self.ingestor)
         self.server: Any = None
         self.control: ControlServer | None = None
         self.runner = jobs.Runner(settings, self.ingestor)

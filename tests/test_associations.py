@@ -1,7 +1,7 @@
 """The association log: the page, its filters, paging and live refresh, the plain-language
 reasons, "Add as modality" round trip, hostile AE titles, /api/associations and pruning.
 
-Rows are written by the SCP's own logging function (``scp._log_event``) with reasons from the
+Rows are written by the SCP's own logging function (``service.log_event``) with reasons from the
 real access check (``peers.access``), or by a real ``dolmen serve`` answering echoscu.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dicomnode.archive import index
 from dicomnode.archive.index import AssociationEvent
 from dicomnode.net import assoclog
 from dicomnode.net import scp
+from dicomnode.net import service
 from tests.conftest import DolmenProcess
 from tests.conftest import make_config_doc
 from tests.conftest import start_dolmen
@@ -48,7 +49,7 @@ def settings_of(app: Any) -> config.Settings:
 def log(calling: str, ip: str = "10.0.0.1", operation: str = "associate", accepted: bool = True,
         reason: str = "", count: int = 0, duration: float = 0.0, called: str = "DOLMEN") -> int:
     """Write a row as the SCP does; return its pk."""
-    scp._log_event(calling, called, ip, operation, accepted, reason, count, duration)
+    service.log_event(calling, called, ip, operation, accepted, reason, count, duration)
     pk = AssociationEvent.select(AssociationEvent.pk).order_by(AssociationEvent.pk.desc()).scalar()
     index.close_index()
     return int(pk)
@@ -285,7 +286,7 @@ def test_every_refusal_the_access_check_gives_is_explained(app: Any) -> None:
         reason = peers.access(s, *args)
         assert reason
         assert assoclog.kind(reason) == expected, reason
-    # Reasons the SCP records for what the access check does not decide (dicomnode/scp.py;
+    # Reasons the SCP records for what the access check does not decide (dicomnode/net/scp.py;
     # the rejections from its own function, the others as its handlers word them).
     recorded = {
         "aborted": "aborted",

@@ -697,14 +697,14 @@ def test_answer_encoder_writes_what_pydicom_writes() -> None:
     """The C-FIND answer fast path gives pydicom's bytes, and leaves what it cannot write to pydicom."""
     from pynetdicom.dsutils import encode
 
-    from dicomnode.net import scp
+    from dicomnode.net import find
 
     elements = [(0x00080005, "CS", "ISO_IR 192"), (0x00080020, "DA", "20150101"), (0x00080052, "CS", "STUDY"),
                 (0x00080061, "CS", "CT\\MR"), (0x00080080, "LO", None), (0x00100010, "PN", "MÜLLER^JÖRG"),
                 (0x0020000D, "UI", "1.2.345"), (0x00201208, "IS", "12")]
     for implicit in (True, False):
-        assert scp.encode_answer(elements, implicit) == encode(scp.answer_dataset(elements), implicit, True)
-    assert scp.encode_answer([(0x00081110, "SQ", [])], True) is None
+        assert find.encode_answer(elements, implicit) == encode(find.answer_dataset(elements), implicit, True)
+    assert find.encode_answer([(0x00081110, "SQ", [])], True) is None
 
 
 def test_store_response_parser_reads_what_pynetdicom_writes() -> None:

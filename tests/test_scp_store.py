@@ -12,7 +12,6 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE
-from pynetdicom import StoragePresentationContexts
 
 from dicomnode import demodata
 from tests.conftest import DolmenProcess
