@@ -407,7 +407,7 @@ def test_send_a_study_to_storescp(env: Env) -> None:
         data={"modality": "scp", "level": "study", "resource_id": study_id},
     )
     job = wait_job(env, job_id_of(response))
-    assert job["State"] == "success" and job["Type"] == "send" and job["Target"] == "scp"
+    assert job["State"] == "success" and job["Type"] == "send" and job["Target"] == "scp", str(job)
     assert job["Description"].startswith("study SCHMIDT^BRUNO ")
     assert job["Progress"] == 100 and job["Done"] == job["Total"] > 0 and job["Bytes"] > 0
     assert len(list(env.scp_dir.iterdir())) >= job["Total"]

@@ -17,7 +17,8 @@ def test_wheel_contains_templates_and_static(short_tmp: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "webapp/templates/base.html" in names
     assert any(n.startswith("webapp/static/vendor/htmx-") for n in names)
-    assert "webapp/static/dolmen.css" in names and "dicomnode/ingest.py" in names
+    assert "webapp/static/dolmen.css" in names and "dicomnode/archive/ingest.py" in names
+    assert "dicomnode/net/scp.py" in names and "dicomnode/render/source.py" in names
     target = short_tmp / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)

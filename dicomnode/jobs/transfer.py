@@ -147,19 +147,19 @@ def run_send(job: jobs.JobContext) -> None:
     ]
     job.progress(total=len(items), force=True)
 
-    def on_result(item: wire.SendItem, status: int | None, message: str) -> None:
-        if status is not None and (status == status.SUCCESS or status in status.STORE_WARNINGS):
+    def on_result(item: wire.SendItem, code: int | None, message: str) -> None:
+        if code is not None and (code == status.SUCCESS or code in status.STORE_WARNINGS):
             job.progress(
                 done=job.done + 1,
                 bytes_done=job.bytes_done + item.size,
-                warning=job.warning + (status != status.SUCCESS),
+                warning=job.warning + (code != status.SUCCESS),
             )
-            if status != status.SUCCESS:
-                job.note(sop_instance_uid=item.sop_instance_uid, status=f"0x{status:04X}", message=message)
+            if code != status.SUCCESS:
+                job.note(sop_instance_uid=item.sop_instance_uid, status=f"0x{code:04X}", message=message)
         else:
             job.fail_item(
                 sop_instance_uid=item.sop_instance_uid,
-                status=f"0x{status:04X}" if status is not None else None,
+                status=f"0x{code:04X}" if code is not None else None,
                 message=message,
             )
 
@@ -331,7 +331,7 @@ def _get(
             status=None,
             message=f"refused here: {result.reason}",
         )
-        return 0xA700 if result.code == "storage_full" else 0xC000
+        return status.OUT_OF_RESOURCES if result.code == "storage_full" else status.UNABLE_TO_PROCESS
 
     return scu.get(
         job.settings,
