@@ -454,7 +454,18 @@ class Survival:
         return _count(f"/proc/{self.server.sidecar_pid()}/task")
 
     def _fds(self) -> int:
-        return _count(f"/proc/{self.server.sidecar_pid()}/fd")
+        """Open descriptors of the sidecar, the index counted by its live connections.
+
+        SQLite keeps the descriptor of a closed connection's database file for reuse while
+        another connection of the process holds a lock on it (POSIX locks are per process), so
+        the database file's count stays at the peak number of connections; each live
+        connection also holds the -wal file, which is closed with it. The database file is
+        therefore counted as many times as the -wal file: a leaked connection still counts.
+        """
+        targets = self._fd_targets()
+        database = os.path.realpath(self.server.data / "index.db")
+        live = sum(t == database + "-wal" for t in targets)
+        return sum(t != database for t in targets) + min(live, sum(t == database for t in targets))
 
     def _fd_targets(self) -> list[str]:
         folder = f"/proc/{self.server.sidecar_pid()}/fd"

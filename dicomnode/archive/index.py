@@ -216,6 +216,44 @@ def _sqlite_path(url: str) -> str:
     return path
 
 
+class _ReapsDeadThreads:
+    """Closes the connections of threads that have ended, whenever a thread connects.
+
+    Each thread has its own connection (peewee keeps it in a thread-local). A thread that ends
+    without :func:`close_index` (a socketserver request thread, a pynetdicom event raised outside
+    the association thread) leaves its connection to the garbage collector, three file
+    descriptors each on SQLite, closed at no predictable time; here the next connect closes it.
+    """
+
+    _owners_lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        conn = super()._connect()  # type: ignore[misc]
+        me = threading.current_thread()
+        with self._owners_lock:
+            owners: dict[int, tuple[threading.Thread, Any]] = self.__dict__.setdefault("_owners", {})
+            for key, (thread, old) in list(owners.items()):
+                if not thread.is_alive():
+                    del owners[key]
+                    with contextlib.suppress(Exception):
+                        old.close()
+            owners[id(conn)] = (me, conn)
+        return conn
+
+    def _close(self, conn: Any) -> None:
+        with self._owners_lock:
+            self.__dict__.get("_owners", {}).pop(id(conn), None)
+        super()._close(conn)  # type: ignore[misc]
+
+
+class _SqliteIndex(_ReapsDeadThreads, peewee.SqliteDatabase):
+    pass
+
+
+class _PostgresqlIndex(_ReapsDeadThreads, peewee.PostgresqlDatabase):
+    pass
+
+
 def open_index(url: str, *, synchronous_full: bool = True, create: bool = True) -> peewee.Database:
     """Open the index at ``url``, bind :data:`db` to it and create missing tables.
 
@@ -239,7 +277,7 @@ def open_index(url: str, *, synchronous_full: bool = True, create: bool = True) 
         path = _sqlite_path(url)
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        database = peewee.SqliteDatabase(
+        database = _SqliteIndex(
             path,
             pragmas={
                 "journal_mode": "wal",
@@ -254,7 +292,7 @@ def open_index(url: str, *, synchronous_full: bool = True, create: bool = True) 
         )
     elif url.startswith(("postgresql://", "postgres://")):
         parsed = urlparse(url)
-        database = peewee.PostgresqlDatabase(
+        database = _PostgresqlIndex(
             (parsed.path or "/").lstrip("/") or "dolmen",
             user=parsed.username,
             password=parsed.password,

@@ -1,0 +1,85 @@
+"""The index's connections: one per thread, none left open by threads that ended."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from dicomnode.archive import index
+
+
+def _open_fds(path: Path) -> int:
+    """File descriptors of this process open on ``path`` (the database file itself)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def _query_in_a_thread_that_does_not_close(keep: list[object]) -> None:
+    def work() -> None:
+        index.Patient.select().count()
+        keep.append(index.db.connection())  # as a traceback or a cycle would: no GC can close it
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+
+
+def _is_open(conn: object) -> bool:
+    try:
+        conn.execute("SELECT 1")  # type: ignore[attr-defined]
+    except sqlite3.ProgrammingError:  # "Cannot operate on a closed database."
+        return False
+    return True
+
+
+def test_a_thread_that_ended_has_its_connection_closed_at_the_next_connect(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    index.open_index(f"sqlite:///{path}")
+    try:
+        before = _open_fds(path)
+        keep: list[object] = []
+        for _ in range(20):
+            _query_in_a_thread_that_does_not_close(keep)
+        # Each ended thread's connection was closed when the next one connected.
+        assert [_is_open(c) for c in keep] == [False] * 19 + [True]
+        # SQLite keeps a closed connection's descriptor for reuse while others are open on
+        # the file (POSIX locks), so descriptors stay bounded rather than dropping at once.
+        assert _open_fds(path) <= before + 2
+        index.close_index()
+        index.Patient.select().count()  # this thread reconnects: the last dead thread's goes
+        assert not _is_open(keep[-1])
+    finally:
+        index.close_index()
+
+
+def test_a_live_thread_keeps_its_connection(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    index.open_index(f"sqlite:///{path}")
+    started, finish = threading.Event(), threading.Event()
+    counts: list[int] = []
+
+    def hold() -> None:
+        index.Patient.select().count()
+        started.set()
+        finish.wait(10)
+        counts.append(index.Patient.select().count())  # its connection still works
+        index.close_index()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert started.wait(10)
+        index.close_index()
+        index.Patient.select().count()  # connecting here must not close the live thread's
+    finally:
+        finish.set()
+        thread.join(10)
+        index.close_index()
+    assert counts == [0]
