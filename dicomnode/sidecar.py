@@ -33,8 +33,8 @@ from dicomnode.net import assoclog
 from dicomnode.net import hardening as upperlayer
 from dicomnode.net import latency as netpatch
 from dicomnode.net import scp
-from dicomnode.net import service
 from dicomnode.net import scu
+from dicomnode.net import service
 
 LOGGER = logging.getLogger("dicomnode.sidecar")
 

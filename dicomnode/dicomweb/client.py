@@ -226,13 +226,14 @@ def session(server: Server) -> requests.Session:
 def _describe(exc: requests.RequestException, server: Server) -> str:
     where = urlparse(server.url).netloc or server.url
     if isinstance(exc, requests.ConnectionError):
-        return f"Cannot connect to {server.name} ({where}): {_first_line(exc)}"
+        return f"Cannot connect to {server.name} ({where}): {_connection_reason(exc)}"
     if isinstance(exc, requests.Timeout):
         return f"{server.name} ({where}) did not answer in time"
-    return f"{server.name}: {_first_line(exc)}"
+    return f"{server.name}: {_connection_reason(exc)}"
 
 
-def _first_line(exc: BaseException) -> str:
+def _connection_reason(exc: BaseException) -> str:
+    """What a requests/urllib3 connection error says after its "[Errno N]", on one line."""
     text = str(exc)
     reason = re.search(r"\] ([^'\"()]+)", text)
     return (reason.group(1) if reason else text).splitlines()[0][:200]

@@ -17,7 +17,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import as_pixel_options
 
 from dicomnode.errors import RenderError
-from dicomnode.errors import first_line as _first_line
+from dicomnode.errors import first_line
 from dicomnode.render import decodepool
 from dicomnode.render.source import _PixelModule
 from dicomnode.render.source import _Source
@@ -139,7 +139,7 @@ def _decode_frame(src: _Source, module: _PixelModule, frame: int) -> tuple[npt.N
         if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
             raise
         LOGGER.info("Decoding frame %d (%s) failed: %s", frame, tsyntax, exc)
-        reason = _first_line(exc)
+        reason = first_line(exc)
         raise RenderError(f"Frame {frame + 1} could not be decoded from {label}: {reason}") from exc
 
     photometric = str(properties.get("photometric_interpretation", module.photometric_interpretation))

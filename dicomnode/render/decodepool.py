@@ -314,9 +314,9 @@ def _decode(header: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]
     except BaseException as exc:  # noqa: BLE001 - Rust codecs panic with a BaseException
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        from dicomnode.errors import first_line as _first_line
+        from dicomnode.errors import first_line
 
-        return {"ok": False, "error": _first_line(exc)}, b""
+        return {"ok": False, "error": first_line(exc)}, b""
     photometric = str(properties.get("photometric_interpretation", options.get("photometric_interpretation")))
     answer = {"ok": True, "shape": list(arr.shape), "dtype": arr.dtype.str, "photometric": photometric}
     return answer, arr.tobytes()

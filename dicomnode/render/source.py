@@ -31,7 +31,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.uid import ImplicitVRLittleEndian
 
 from dicomnode.errors import RenderError
-from dicomnode.errors import first_line as _first_line
+from dicomnode.errors import first_line
 
 LOGGER = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def _malformed() -> Iterator[None]:
     except RenderError:
         raise
     except Exception as exc:
-        LOGGER.warning("Rendering stopped on an unexpected %s: %s", type(exc).__name__, _first_line(exc))
-        message = f"This file cannot be rendered: {_first_line(exc)}"
+        LOGGER.warning("Rendering stopped on an unexpected %s: %s", type(exc).__name__, first_line(exc))
+        message = f"This file cannot be rendered: {first_line(exc)}"
         raise RenderError(message, code="render_unexpected") from exc
 
 

@@ -1,6 +1,7 @@
 """DICOMweb: QIDO-RS, WADO-RS and STOW-RS under ``[dicomweb] root``, WADO-URI at ``[dicomweb] wado_root``.
 
-The views read the request, call :mod:`dicomnode.dicomweb.server` and write its answer:
+The views read the request, call the engine in :mod:`dicomnode.dicomweb` (``qido``, ``wado``, ``stow``,
+``negotiate``) and write its answer:
 ``application/dicom+json`` for searches and metadata, ``multipart/related`` streamed one file
 at a time for retrieves. Both roots come from the settings when the blueprint is registered.
 """
@@ -23,7 +24,10 @@ from werkzeug.wsgi import wrap_file
 
 from dicomnode.archive import query
 from dicomnode.archive.ingest import Source
-from dicomnode.dicomweb import server as dw
+from dicomnode.dicomweb import negotiate
+from dicomnode.dicomweb import qido
+from dicomnode.dicomweb import stow
+from dicomnode.dicomweb import wado
 from dicomnode.dicomweb.multipart import CHUNK
 from dicomnode.dicomweb.multipart import MultipartFile
 from dicomnode.dicomweb.multipart import Part
@@ -119,9 +123,9 @@ def _http_error(exc: HTTPException) -> ResponseReturnValue:
 
 
 def _search(level: str, **scope: str) -> Response:
-    dw.negotiate_json(_accept())
-    req = dw.parse_qido(level, request.args.items(multi=True), scope)
-    answers = dw.qido(req, _base(), case_sensitive_pn=settings()["dicom.case_sensitive_pn"],
+    negotiate.negotiate_json(_accept())
+    req = qido.parse_qido(level, request.args.items(multi=True), scope)
+    answers = qido.qido(req, _base(), case_sensitive_pn=settings()["dicom.case_sensitive_pn"],
                       store=services().store)
     return _json(answers, warnings=req.warnings)
 
@@ -166,10 +170,10 @@ def search_series_instances(study: str, series: str) -> ResponseReturnValue:
 
 
 def _retrieve(study: str, series: str | None = None, instance: str | None = None) -> Response:
-    rows = dw.instances(study, series, instance)
-    choice = dw.negotiate_instances(_accept(), {r.transfer_syntax_uid for r in rows},
+    rows = wado.instances(study, series, instance)
+    choice = negotiate.negotiate_instances(_accept(), {r.transfer_syntax_uid for r in rows},
                                     request.args.get("transfer-syntax"))
-    parts = dw.instance_parts(services().store, rows, choice)
+    parts = wado.instance_parts(services().store, rows, choice)
     if not choice.multipart and len(rows) == 1:
         part = next(iter(parts), None)
         if part is None:
@@ -201,9 +205,9 @@ def retrieve_instance(study: str, series: str, instance: str) -> ResponseReturnV
 
 
 def _metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
-    dw.negotiate_json(_accept())
-    rows = dw.instances(study, series, instance)
-    return Response(dw.metadata(services().store, rows, _base()), content_type=DICOM_JSON)
+    negotiate.negotiate_json(_accept())
+    rows = wado.instances(study, series, instance)
+    return Response(wado.metadata(services().store, rows, _base()), content_type=DICOM_JSON)
 
 
 @bp.route("/studies/<study>/metadata")
@@ -227,23 +231,23 @@ def instance_metadata(study: str, series: str, instance: str) -> ResponseReturnV
 @bp.route("/studies/<study>/series/<series>/instances/<instance>/frames/<frames>")
 def retrieve_frames(study: str, series: str, instance: str, frames: str) -> ResponseReturnValue:
     """WADO-RS: frames, uncompressed or as their stored bitstream."""
-    row = dw.instances(study, series, instance)[0]
-    numbers = dw.parse_frame_list(frames, int(row.number_of_frames or 1))
-    choice = dw.negotiate_frames(_accept(), row.transfer_syntax_uid, request.args.get("transfer-syntax"))
-    parts = list(dw.frame_parts(services().store, row, numbers, choice))  # errors before the first byte
+    row = wado.instances(study, series, instance)[0]
+    numbers = wado.parse_frame_list(frames, int(row.number_of_frames or 1))
+    choice = negotiate.negotiate_frames(_accept(), row.transfer_syntax_uid, request.args.get("transfer-syntax"))
+    parts = list(wado.frame_parts(services().store, row, numbers, choice))  # errors before the first byte
     return _multipart(parts, choice.media_type)
 
 
 @bp.route("/studies/<study>/series/<series>/instances/<instance>/bulkdata/<path:element>")
 def retrieve_bulkdata(study: str, series: str, instance: str, element: str) -> ResponseReturnValue:
     """WADO-RS: one bulk data value named by a BulkDataURI of the metadata."""
-    row = dw.instances(study, series, instance)[0]
+    row = wado.instances(study, series, instance)[0]
     if element.lower() in ("7fe00010", "7fe00008", "7fe00009"):
-        choice = dw.negotiate_frames(_accept(), row.transfer_syntax_uid, request.args.get("transfer-syntax"))
-        parts = dw.pixel_bulk_parts(services().store, row, choice)
+        choice = negotiate.negotiate_frames(_accept(), row.transfer_syntax_uid, request.args.get("transfer-syntax"))
+        parts = wado.pixel_bulk_parts(services().store, row, choice)
         first = next(parts)  # errors before the first byte
         return _multipart(_chain(first, parts), choice.media_type)
-    value = dw.bulk_value(services().store, row, element)
+    value = wado.bulk_value(services().store, row, element)
     return _multipart([Part("application/octet-stream", value)], "application/octet-stream")
 
 
@@ -256,10 +260,10 @@ def _chain(first: Part, rest: Iterator[Part]) -> Iterator[Part]:
 
 
 def _rendered(rows: list[Any], frame: int = 0, *, thumbnail: bool = False, pick: bool = True) -> Response:
-    fmt = dw.negotiate_rendered(_accept())
-    params = dw.parse_render_params(request.args, thumbnail=thumbnail)
-    row = dw.representative(rows) if pick else rows[0]
-    data = dw.render_instance(services().store, row, frame, "png" if fmt == "image/png" else "jpeg", params)
+    fmt = negotiate.negotiate_rendered(_accept())
+    params = wado.parse_render_params(request.args, thumbnail=thumbnail)
+    row = wado.representative(rows) if pick else rows[0]
+    data = wado.render_instance(services().store, row, frame, "png" if fmt == "image/png" else "jpeg", params)
     response = Response(data, content_type=fmt)
     if thumbnail:
         response.headers["Cache-Control"] = "private, max-age=300"
@@ -270,21 +274,21 @@ def _rendered(rows: list[Any], frame: int = 0, *, thumbnail: bool = False, pick:
 @bp.route("/studies/<study>/thumbnail", endpoint="study_thumbnail")
 def study_rendered(study: str) -> ResponseReturnValue:
     """A representative image of a study (the middle instance of its first series)."""
-    return _rendered(dw.instances(study), thumbnail=request.path.endswith("/thumbnail"))
+    return _rendered(wado.instances(study), thumbnail=request.path.endswith("/thumbnail"))
 
 
 @bp.route("/studies/<study>/series/<series>/rendered")
 @bp.route("/studies/<study>/series/<series>/thumbnail", endpoint="series_thumbnail")
 def series_rendered(study: str, series: str) -> ResponseReturnValue:
     """A representative image of a series (its middle instance)."""
-    return _rendered(dw.instances(study, series), thumbnail=request.path.endswith("/thumbnail"))
+    return _rendered(wado.instances(study, series), thumbnail=request.path.endswith("/thumbnail"))
 
 
 @bp.route("/studies/<study>/series/<series>/instances/<instance>/rendered")
 @bp.route("/studies/<study>/series/<series>/instances/<instance>/thumbnail", endpoint="instance_thumbnail")
 def instance_rendered(study: str, series: str, instance: str) -> ResponseReturnValue:
     """The first frame of an instance as JPEG or PNG."""
-    return _rendered(dw.instances(study, series, instance), thumbnail=request.path.endswith("/thumbnail"),
+    return _rendered(wado.instances(study, series, instance), thumbnail=request.path.endswith("/thumbnail"),
                      pick=False)
 
 
@@ -295,7 +299,7 @@ def frame_rendered(study: str, series: str, instance: str, frame: int) -> Respon
     """One frame (numbered from 1) as JPEG or PNG."""
     if frame < 1:
         raise query.QueryError("Frames are numbered from 1")
-    return _rendered(dw.instances(study, series, instance), frame - 1,
+    return _rendered(wado.instances(study, series, instance), frame - 1,
                      thumbnail=request.path.endswith("/thumbnail"), pick=False)
 
 
@@ -304,7 +308,7 @@ def frame_rendered(study: str, series: str, instance: str, frame: int) -> Respon
 
 def _stow(study: str | None) -> Response:
     svc = services()
-    result = dw.stow(svc.ingestor, request.stream, request.headers.get("Content-Type", ""), _base(),
+    result = stow.stow(svc.ingestor, request.stream, request.headers.get("Content-Type", ""), _base(),
                      Source("stow", ip=request.remote_addr or ""), study)
     return _json(result.body, result.status)
 
@@ -327,20 +331,20 @@ def store_study_instances(study: str) -> ResponseReturnValue:
 def wado_uri() -> ResponseReturnValue:
     """WADO-URI: one instance as a DICOM file, or one frame as JPEG or PNG."""
     try:
-        req = dw.parse_wado_uri(request.args)
-        row = dw.wado_uri_instance(req)
+        req = wado.parse_wado_uri(request.args)
+        row = wado.wado_uri_instance(req)
         store = services().store
         if req.content_type != "application/dicom":
             fmt = "png" if req.content_type == "image/png" else "jpeg"
             try:
-                return Response(dw.render_instance(store, row, req.frame, fmt, req.render),
+                return Response(wado.render_instance(store, row, req.frame, fmt, req.render),
                                 content_type=req.content_type)
             except RenderError:
                 if req.explicit_type:
                     raise
                 # No image to show and no type asked: the object itself (PS3.18 9.4.1.2).
-        choice = dw.Choice("application/dicom", req.transfer_syntax, False)
-        part = next(dw.instance_parts(store, [row], choice), None)
+        choice = negotiate.Choice("application/dicom", req.transfer_syntax, False)
+        part = next(wado.instance_parts(store, [row], choice), None)
         if part is None:
             raise NotFound("The file of this instance is missing from the store")
         body = part.body if isinstance(part.body, bytes) else read_file(part.body)
