@@ -32,9 +32,15 @@ debian-test-packages:
 	  else echo "Not root: install$$missing yourself (tests needing them are skipped)"; fi; \
 	fi
 
+#: The network tests, run a second time without the latency patches (DOLMEN_NO_NETPATCH=1):
+#: the hardening and the services must not depend on them.
+NETWORK_TESTS := tests/test_scp_store.py tests/test_scp_qr.py tests/test_scu.py tests/test_associations.py \
+                 tests/test_hostile_dicom.py tests/test_hostile_retrieve.py
+
 ## test: install what the tests need (Debian packages too when root), then run pytest
 test: install-test debian-test-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	DOLMEN_NO_NETPATCH=1 $(BIN)/python -m pytest -q $(NETWORK_TESTS)
 
 ## test-long: the full-size versions of the long tests (kill loop, duplicate storm)
 test-long: install-test debian-test-packages

@@ -16,11 +16,10 @@ import threading
 import time
 from typing import Any
 
-from pynetdicom import association as pynetdicom_association
-
 from dicomnode import __version__
 from dicomnode import config
 from dicomnode import jobs
+from dicomnode import net
 from dicomnode import peers
 from dicomnode.archive import index
 from dicomnode.archive import reconcile
@@ -30,8 +29,6 @@ from dicomnode.control import ControlServer
 from dicomnode.errors import DolmenError
 from dicomnode.jobs import transfer
 from dicomnode.net import assoclog
-from dicomnode.net import hardening as upperlayer
-from dicomnode.net import latency as netpatch
 from dicomnode.net import scp
 from dicomnode.net import scu
 from dicomnode.net import service
@@ -66,11 +63,7 @@ class Sidecar:
         removed = self.store.clear_spool("scp")
         if removed:
             LOGGER.info("Removed %d partial object(s) left by an interrupted reception", removed)
-        if not os.environ.get("DOLMEN_NO_NETPATCH"):
-            netpatch.apply()
-        scp.install_spool(self.store.spool_dir("scp"), self.settings["dicom.max_object_mb"] * 1024 * 1024)
-        upperlayer.apply()  # always (after netpatch and the spool, to wrap them): against hostile peers
-        _close_index_when_associations_end()
+        net.install(self.store.spool_dir("scp"), self.settings["dicom.max_object_mb"] * 1024 * 1024)
         ae = scp.build_ae(self.settings)
         self.ae = ae
         # Files written from now on are receptions of ours, not debris for reconciliation.
@@ -246,27 +239,6 @@ class Sidecar:
         self.store.close()
         index.close_index()
         self.stopped.set()
-
-
-def _close_index_when_associations_end() -> None:
-    """Close an association thread's index connection when the thread ends.
-
-    Each thread gets its own connection (three file descriptors with SQLite: the database,
-    its WAL and shared memory); left to the garbage collector, the connections of ended
-    associations piled up (eleven after a few dozen associations).
-    """
-    run = pynetdicom_association.Association.run
-    if getattr(run, "_dolmen_closes_index", False):
-        return
-
-    def run_then_close(self: Any) -> None:
-        try:
-            run(self)
-        finally:
-            index.close_index()
-
-    run_then_close._dolmen_closes_index = True  # type: ignore[attr-defined]
-    pynetdicom_association.Association.run = run_then_close  # type: ignore[method-assign]
 
 
 def _job_id(args: dict[str, Any]) -> int:

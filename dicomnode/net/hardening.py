@@ -521,6 +521,16 @@ class DolmenAE(AE):
         """Every association thread, connections waiting for their A-ASSOCIATE-RQ included."""
         return list(super().active_associations)
 
+    def make_server(self, address: Any, ae_title: str | None = None, contexts: Any = None,
+                    ssl_context: Any = None, evt_handlers: Any = None, server_class: Any = None,
+                    **kwargs: Any) -> Any:
+        """Servers are :class:`DolmenAssociationServer` (the public ``server_class`` hook)."""
+        if server_class in (None, transport.ThreadedAssociationServer):
+            server_class = DolmenAssociationServer
+            kwargs.setdefault("request_handler", DolmenRequestHandler)
+        return super().make_server(address, ae_title=ae_title, contexts=contexts, ssl_context=ssl_context,
+                                   evt_handlers=evt_handlers, server_class=server_class, **kwargs)
+
     def shutdown(self) -> None:
         """Stop the servers and abort every association, waiting connections included."""
         super().shutdown()
@@ -531,8 +541,23 @@ class DolmenAE(AE):
                 pass
 
 
-def _verify_request(original: Any) -> Any:
-    def verify_request(self: Any, request: Any, client_address: Any) -> bool:
+class DolmenRequestHandler(transport.RequestHandler):
+    """pynetdicom's request handler, noting when each connection was accepted."""
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        assoc._dolmen_accepted = time.monotonic()
+        return assoc
+
+
+class DolmenAssociationServer(transport.ThreadedAssociationServer):
+    """pynetdicom's threaded server with a deeper listen backlog and a cap on idle connections."""
+
+    # socketserver listens with a backlog of 5: the sixth of a burst of connections had its
+    # SYN dropped and waited a second for the retransmission.
+    request_queue_size = LISTEN_BACKLOG
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
         all_assocs = getattr(self.ae, "active_associations_all", None)
         pending = sorted((a for a in (all_assocs or []) if a.is_acceptor and not requested(a)),
                          key=lambda a: getattr(a, "_dolmen_accepted", 0.0))
@@ -545,16 +570,7 @@ def _verify_request(original: Any) -> Any:
             sock = getattr(assoc.dul, "socket", None)
             if sock is not None:
                 sock.close()
-        return bool(original(self, request, client_address))
-    return verify_request
-
-
-def _create_association(original: Any) -> Any:
-    def create_association(self: Any) -> Any:
-        assoc = original(self)
-        assoc._dolmen_accepted = time.monotonic()
-        return assoc
-    return create_association
+        return bool(super().verify_request(request, client_address))
 
 
 #: pynetdicom loggers whose records come from decoding what a peer sent.
@@ -604,7 +620,7 @@ class PeerInputFilter(logging.Filter):
 def apply() -> None:
     """Install the hardening (idempotent); after :func:`dicomnode.net.latency.apply` and
     :func:`dicomnode.net.scp.install_spool`, so that the guard around DIMSE decoding wraps
-    netpatch's fast path and the spool files tracked are the SCP's."""
+    the latency fast path and the spool files tracked are the SCP's."""
     global _applied
     with _lock:
         if _applied:
@@ -622,11 +638,4 @@ def apply() -> None:
             logging.getLogger(name).addFilter(PeerInputFilter())
         logging.getLogger("pynetdicom.events").addFilter(StandardHandlerFilter())
         fsm.StateMachine.do_action = _do_action(fsm.StateMachine.do_action)  # type: ignore[method-assign]
-        # socketserver listens with a backlog of 5: the sixth of a burst of connections had
-        # its SYN dropped and waited a second for the retransmission.
-        transport.AssociationServer.request_queue_size = LISTEN_BACKLOG
-        transport.RequestHandler._create_association = _create_association(  # type: ignore[method-assign]
-            transport.RequestHandler._create_association)
-        transport.AssociationServer.verify_request = _verify_request(  # type: ignore[method-assign]
-            transport.AssociationServer.verify_request)
         _applied = True

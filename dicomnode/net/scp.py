@@ -40,17 +40,18 @@ from pynetdicom import AE
 from pynetdicom import ALL_TRANSFER_SYNTAXES
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom import association as pynetdicom_association
 from pynetdicom import dimse_messages
 from pynetdicom import evt
 from pynetdicom.sop_class import Verification
 
 from dicomnode import peers
+from dicomnode.archive import index
 from dicomnode.archive.ingest import Source
 from dicomnode.config import Settings
 from dicomnode.net import connect
-from dicomnode.net import hardening as upperlayer
+from dicomnode.net import hardening
 from dicomnode.net.find import handle_find
-from dicomnode.net.retrieve import install_retrieve_service
 from dicomnode.net.service import QR_MODELS
 from dicomnode.net.service import Context
 from dicomnode.net.service import event_peer
@@ -109,10 +110,37 @@ class _CappedSpool:
 
 def install_spool(folder: Path, cap_bytes: int) -> None:
     """Make pynetdicom spool received datasets into ``folder`` with a size cap."""
+    global _spool_installed
     _CappedSpool.folder = folder
     _CappedSpool.cap = cap_bytes
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = _CappedSpool  # type: ignore[attr-defined]
+    if not _spool_installed:  # once: the hardening wraps what is installed here
+        dimse_messages.NamedTemporaryFile = _CappedSpool  # type: ignore[attr-defined]
+        _spool_installed = True
+
+
+_spool_installed = False
+
+
+def close_index_when_associations_end() -> None:
+    """Close an association thread's index connection when the thread ends.
+
+    Each thread gets its own connection (three file descriptors with SQLite: the database,
+    its WAL and shared memory); left to the garbage collector, the connections of ended
+    associations piled up (eleven after a few dozen associations).
+    """
+    run = pynetdicom_association.Association.run
+    if getattr(run, "_dolmen_closes_index", False):
+        return
+
+    def run_then_close(self: Any) -> None:
+        try:
+            run(self)
+        finally:
+            index.close_index()
+
+    run_then_close._dolmen_closes_index = True  # type: ignore[attr-defined]
+    pynetdicom_association.Association.run = run_then_close  # type: ignore[method-assign]
 
 
 def handle_echo(event: evt.Event, ctx: Context) -> int:
@@ -265,7 +293,7 @@ def handle_sop_extended(event: evt.Event, ctx: Context) -> dict[str, bytes]:
 def build_ae(settings: Settings) -> AE:
     """An AE with Verification, every Storage SOP class (with SCP/SCU role selection, for C-GET)
     and Query/Retrieve FIND/MOVE/GET in Patient Root and Study Root; limits from ``settings``."""
-    ae = upperlayer.DolmenAE(ae_title=settings["dicom.aet"])
+    ae = hardening.DolmenAE(ae_title=settings["dicom.aet"])
     ae.maximum_associations = settings["dicom.max_associations"]
     ae.acse_timeout = settings["dicom.acse_timeout"]
     ae.dimse_timeout = settings["dicom.dimse_timeout"]
@@ -285,7 +313,6 @@ def build_ae(settings: Settings) -> AE:
     for cx in AllStoragePresentationContexts:
         # Roles as the requester proposes them: a C-GET requester is the storage SCP.
         ae.add_supported_context(str(cx.abstract_syntax), syntaxes, scu_role=True, scp_role=True)
-    install_retrieve_service()
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False  # decoded again just for a debug log
     return ae
 
