@@ -1,19 +1,32 @@
-"""Remote DICOM nodes: those declared in ``[modalities]`` and those added in the modalities page.
+"""The peers Dolmen talks to: DICOM nodes (``[modalities]``) and DICOMweb servers (``[dicomweb.servers]``).
 
-The SCP uses this registry to decide what a calling AE may ask (access control); the SCU
-uses it to find where to send, query and retrieve. Config entries win over page entries of
-the same name and cannot be edited from the page.
+Both come from one kind of :class:`Registry`: the entries of the configuration file first
+(read-only, they win over a page entry of the same name), then those added in the modalities
+or DICOMweb page (rows of the index). The SCP uses the nodes to decide what a calling AE may
+ask (access control); the SCU and the DICOMweb client use them to find where to send, query
+and retrieve.
 """
 from __future__ import annotations
 
+import json
 import logging
+import re
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import Generic
+from typing import TypeVar
 
 import peewee
 
+from dicomnode.archive.index import DicomwebServer
 from dicomnode.archive.index import Modality
 from dicomnode.archive.index import write_transaction
 from dicomnode.config import OPERATIONS
+from dicomnode.config import DicomwebServerConfig
 from dicomnode.config import ModalityConfig
 from dicomnode.config import Settings
 from dicomnode.config import check_aet
@@ -22,6 +35,111 @@ from dicomnode.errors import DolmenError
 from dicomnode.errors import NotFound
 
 LOGGER = logging.getLogger(__name__)
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class Registry(Generic[P]):
+    """Peers of one kind: the configuration's, then the page's (index rows), by name.
+
+    ``configured`` lists the configuration's entries, ``from_config`` and ``from_row`` make a
+    peer of one, ``values`` turns checked form fields into row values and ``check`` finds
+    the problems of form fields. A value named in ``keep_if_empty`` (a password) is left as
+    stored when an edit leaves it empty.
+    """
+
+    kind: str  # "modality"
+    plural: str  # "modalities"
+    section: str  # "[modalities]"
+    page: str  # "modalities page"
+    model: type[peewee.Model]
+    configured: Callable[[Settings], Iterable[Any]]
+    from_config: Callable[[Any], P]
+    from_row: Callable[[Any], P]
+    values: Callable[[Mapping[str, Any]], dict[str, Any]]
+    check: Callable[[Settings, Mapping[str, Any], str | None], dict[str, str]]
+    keep_if_empty: tuple[str, ...] = ()
+
+    def all(self, settings: Settings) -> list[P]:
+        """Every known peer, the configuration's first, then the page's, by name."""
+        peers: dict[str, P] = {c.name: self.from_config(c) for c in self.configured(settings)}
+        try:
+            for row in self.model.select().order_by(self.model.name):  # type: ignore[attr-defined]
+                peers.setdefault(str(row.name), self.from_row(row))
+        except peewee.DatabaseError as exc:  # the index is down: the configuration's still work
+            LOGGER.warning("Cannot read page-managed %s: %s", self.plural, exc)
+        return sorted(peers.values(), key=lambda p: (p.origin != "config", p.name.lower()))  # type: ignore[attr-defined]
+
+    def get(self, settings: Settings, name: str) -> P:
+        """The peer called ``name``.
+
+        Raises
+        ------
+        NotFound
+            When no peer has that name.
+        """
+        for peer in self.all(settings):
+            if peer.name == name:  # type: ignore[attr-defined]
+                return peer
+        raise NotFound(f"No {self.kind} called {name!r}: declare it in {self.section} or in the {self.page}")
+
+    def is_configured(self, settings: Settings, name: str) -> bool:
+        return any(c.name == name for c in self.configured(settings))
+
+    def save(self, settings: Settings, fields: Mapping[str, Any], original: str | None = None) -> P:
+        """Create (or, with ``original``, update) a page-managed peer after :attr:`check`.
+
+        Raises
+        ------
+        DolmenError
+            ``invalid`` with the first problem, ``read_only`` for a peer of the configuration.
+        NotFound
+            When ``original`` is not a page-managed peer.
+        """
+        if original is not None and self.is_configured(settings, original):
+            raise DolmenError(f"{original!r} is declared in the configuration file; change it there",
+                              code="read_only")
+        problems = self.check(settings, fields, original)
+        if problems:
+            name, problem = next(iter(problems.items()))
+            raise DolmenError(f"{name}: {problem}", code="invalid")
+        values = self.values(fields)
+        model: Any = self.model
+        with write_transaction():
+            if original is None:
+                row = model.create(**values)
+            else:
+                row = model.get_or_none(model.name == original)
+                if row is None:
+                    raise NotFound(f"No {self.kind} called {original!r} in the {self.page}")
+                for key, value in values.items():
+                    if value or key not in self.keep_if_empty:
+                        setattr(row, key, value)
+                row.save()
+        return self.from_row(row)
+
+    def delete(self, settings: Settings, name: str) -> None:
+        """Remove a page-managed peer.
+
+        Raises
+        ------
+        DolmenError
+            ``read_only`` for a peer of the configuration.
+        NotFound
+            When there is no page-managed peer of that name.
+        """
+        if self.is_configured(settings, name):
+            raise DolmenError(f"{name!r} is declared in the configuration file; remove it there",
+                              code="read_only")
+        model: Any = self.model
+        with write_transaction():
+            count = model.delete().where(model.name == name).execute()
+        if not count:
+            raise NotFound(f"No {self.kind} called {name!r} in the {self.page}")
+
+
+# -- DICOM nodes ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -45,31 +163,6 @@ def _from_config(m: ModalityConfig) -> Node:
 def _from_row(m: Modality) -> Node:
     allow = tuple(a for a in str(m.allow).split(",") if a in OPERATIONS)
     return Node(m.name, m.aet, m.host, m.port, allow, m.description, "page", bool(m.fallback_get))
-
-
-def all_nodes(settings: Settings) -> list[Node]:
-    """Every known node, config first, then page-managed ones, by name."""
-    nodes = {m.name: _from_config(m) for m in settings.modalities}
-    try:
-        for row in Modality.select().order_by(Modality.name):
-            nodes.setdefault(row.name, _from_row(row))
-    except peewee.DatabaseError as exc:  # the index is down: config nodes still work
-        LOGGER.warning("Cannot read page-managed modalities: %s", exc)
-    return sorted(nodes.values(), key=lambda n: (n.origin != "config", n.name.lower()))
-
-
-def get_node(settings: Settings, name: str) -> Node:
-    """The node called ``name``.
-
-    Raises
-    ------
-    NotFound
-        When no node has that name.
-    """
-    for node in all_nodes(settings):
-        if node.name == name:
-            return node
-    raise NotFound(f"No modality called {name!r}: declare it in [modalities] or in the modalities page")
 
 
 def nodes_with_aet(settings: Settings, aet: str) -> list[Node]:
@@ -108,9 +201,7 @@ def access(settings: Settings, calling_aet: str, peer_ip: str, operation: str) -
     return f"modality {matches[0].name!r} ({calling_aet}) is not allowed to {operation}"
 
 
-# -- page-managed nodes ---------------------------------------------------------------------
-
-def check_node(settings: Settings, fields: dict[str, object], original: str | None = None) -> dict[str, str]:
+def check_node(settings: Settings, fields: Mapping[str, Any], original: str | None = None) -> dict[str, str]:
     """Problems with the fields of a page-managed node, by field name (empty when valid).
 
     ``fields`` holds ``name``, ``aet``, ``host``, ``port``, ``allow`` (a list of operations),
@@ -143,52 +234,133 @@ def check_node(settings: Settings, fields: dict[str, object], original: str | No
     return problems
 
 
-def save_node(settings: Settings, fields: dict[str, object], original: str | None = None) -> Node:
-    """Create (or, with ``original``, update) a page-managed node after :func:`check_node`.
+def _node_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {"name": str(fields["name"]).strip(), "aet": str(fields["aet"]).strip(),
+            "host": str(fields["host"]).strip(), "port": int(fields["port"]),
+            "allow": ",".join(a for a in OPERATIONS if a in (fields.get("allow") or [])),
+            "description": str(fields.get("description", ""))[:255],
+            "fallback_get": bool(fields.get("fallback_get"))}
 
-    Raises
-    ------
-    DolmenError
-        ``invalid`` with the first problem, or ``read_only`` for a node from the configuration.
-    """
-    if original is not None and settings.modality(original) is not None:
-        raise DolmenError(f"{original!r} is declared in the configuration file; change it there",
-                          code="read_only")
-    problems = check_node(settings, fields, original)
-    if problems:
-        field, problem = next(iter(problems.items()))
-        raise DolmenError(f"{field}: {problem}", code="invalid")
-    values = {"name": str(fields["name"]).strip(), "aet": str(fields["aet"]).strip(),
-              "host": str(fields["host"]).strip(), "port": int(fields["port"]),  # type: ignore[call-overload]
-              "allow": ",".join(a for a in OPERATIONS if a in (fields.get("allow") or [])),  # type: ignore[operator]
-              "description": str(fields.get("description", ""))[:255],
-              "fallback_get": bool(fields.get("fallback_get"))}
-    with write_transaction():
-        if original is None:
-            row = Modality.create(**values)
-        else:
-            found = Modality.get_or_none(Modality.name == original)
-            if found is None:
-                raise NotFound(f"No modality called {original!r} in the modalities page")
-            row = found
-            for key, value in values.items():
-                setattr(row, key, value)
-            row.save()
-    return _from_row(row)
+
+MODALITIES: Registry[Node] = Registry(
+    "modality", "modalities", "[modalities]", "modalities page", Modality,
+    lambda settings: settings.modalities, _from_config, _from_row, _node_values,
+    lambda settings, fields, original: check_node(settings, fields, original))
+
+
+def all_nodes(settings: Settings) -> list[Node]:
+    """Every known node, config first, then page-managed ones, by name."""
+    return MODALITIES.all(settings)
+
+
+def get_node(settings: Settings, name: str) -> Node:
+    """The node called ``name`` (NotFound when none is)."""
+    return MODALITIES.get(settings, name)
+
+
+def save_node(settings: Settings, fields: Mapping[str, Any], original: str | None = None) -> Node:
+    """Create or update a page-managed node (see :meth:`Registry.save`)."""
+    return MODALITIES.save(settings, fields, original)
 
 
 def delete_node(settings: Settings, name: str) -> None:
-    """Remove a page-managed node.
+    """Remove a page-managed node (see :meth:`Registry.delete`)."""
+    MODALITIES.delete(settings, name)
 
-    Raises
-    ------
-    DolmenError
-        ``read_only`` for a node from the configuration; NotFound when there is none.
-    """
-    if settings.modality(name) is not None:
-        raise DolmenError(f"{name!r} is declared in the configuration file; remove it there",
-                          code="read_only")
-    with write_transaction():
-        count = Modality.delete().where(Modality.name == name).execute()
-    if not count:
-        raise NotFound(f"No modality called {name!r} in the modalities page")
+
+# -- DICOMweb servers ----------------------------------------------------------------------------
+
+_URL = re.compile(r"https?://[^\s/?#]+[^\s?#]*")
+
+
+@dataclass(frozen=True)
+class Server:
+    """A remote DICOMweb server, from the configuration (``config``) or the page (``page``)."""
+
+    name: str
+    url: str
+    username: str = ""
+    password: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    origin: str = "config"
+
+    @property
+    def base(self) -> str:
+        """The URL without a trailing slash."""
+        return self.url.rstrip("/")
+
+
+def _server_from_config(s: DicomwebServerConfig) -> Server:
+    return Server(s.name, s.url, s.username, s.password, dict(s.headers), "config")
+
+
+def _server_from_row(row: DicomwebServer) -> Server:
+    try:
+        headers = json.loads(str(row.headers) or "{}")
+    except ValueError:
+        headers = {}
+    return Server(str(row.name), str(row.url), str(row.username), str(row.password),
+                  {str(k): str(v) for k, v in (headers or {}).items()}, "page")
+
+
+def check_server(settings: Settings, fields: Mapping[str, Any],
+                 original: str | None = None) -> dict[str, str]:
+    """Problems with the fields of a page-managed server, by field name (empty when valid)."""
+    problems: dict[str, str] = {}
+    name = str(fields.get("name", "")).strip()
+    if check_name(name):
+        problems["name"] = str(check_name(name))
+    elif name != original and any(s.name == name for s in DICOMWEB_SERVERS.all(settings)):
+        problems["name"] = f"a server called {name!r} exists already"
+    if not _URL.fullmatch(str(fields.get("url", "")).strip()):
+        problems["url"] = "an http:// or https:// URL, e.g. https://pacs.example.org/dicom-web"
+    headers = fields.get("headers") or {}
+    if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", k) and isinstance(v, str)
+            and "\n" not in v and "\r" not in v for k, v in headers.items()):
+        problems["headers"] = "one 'Name: value' per line"
+    return problems
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """``Name: value`` lines (as typed in the page) as a dict; lines without ``:`` are ignored."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            out[name.strip()] = value.strip()
+    return out
+
+
+def _server_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {"name": str(fields["name"]).strip(), "url": str(fields["url"]).strip(),
+            "username": str(fields.get("username") or "").strip(),
+            "password": str(fields.get("password") or ""),
+            "headers": json.dumps(dict(fields.get("headers") or {}))}
+
+
+#: An empty password in an edit keeps the one stored, so that editing does not need it again.
+DICOMWEB_SERVERS: Registry[Server] = Registry(
+    "DICOMweb server", "DICOMweb servers", "[dicomweb.servers]", "DICOMweb page", DicomwebServer,
+    lambda settings: settings.dicomweb_servers, _server_from_config, _server_from_row, _server_values,
+    lambda settings, fields, original: check_server(settings, fields, original), keep_if_empty=("password",))
+
+
+def all_servers(settings: Settings) -> list[Server]:
+    """Every known DICOMweb server: the configuration's first, then the page's, by name."""
+    return DICOMWEB_SERVERS.all(settings)
+
+
+def get_server(settings: Settings, name: str) -> Server:
+    """The DICOMweb server called ``name`` (NotFound when none is)."""
+    return DICOMWEB_SERVERS.get(settings, name)
+
+
+def save_server(settings: Settings, fields: Mapping[str, Any], original: str | None = None) -> Server:
+    """Create or update a page-managed DICOMweb server (see :meth:`Registry.save`)."""
+    return DICOMWEB_SERVERS.save(settings, fields, original)
+
+
+def delete_server(settings: Settings, name: str) -> None:
+    """Remove a page-managed DICOMweb server (see :meth:`Registry.delete`)."""
+    DICOMWEB_SERVERS.delete(settings, name)

@@ -1,7 +1,7 @@
 """DICOMweb client: search, retrieve from and send to remote DICOMweb servers (PS3.18).
 
-Servers come from ``[dicomweb.servers.NAME]`` in the configuration (read-only) and from the
-DICOMweb page (:class:`~dicomnode.archive.index.DicomwebServer` rows). The operations:
+The servers are :data:`dicomnode.peers.DICOMWEB_SERVERS` (``[dicomweb.servers.NAME]`` in the
+configuration, then those of the DICOMweb page). The operations:
 
 * :func:`qido` — QIDO-RS search; answers are DICOM JSON, :func:`simplify` turns them into
   ``{keyword: text}`` for pages;
@@ -15,7 +15,6 @@ here with :func:`dicomnode.jobs.register_kind`), or synchronously for the JSON A
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -28,23 +27,18 @@ from urllib.parse import quote
 from urllib.parse import urlencode
 from urllib.parse import urlparse
 
-import peewee
 import requests
 
 from dicomnode import __version__
 from dicomnode import jobs
 from dicomnode.archive import query
-from dicomnode.archive.index import DicomwebServer
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
-from dicomnode.archive.index import write_transaction
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.ingest import Source
 from dicomnode.archive.store import Store
-from dicomnode.config import DicomwebServerConfig
-from dicomnode.config import Settings
 from dicomnode.dicomweb.multipart import MultipartReader
 from dicomnode.dicomweb.multipart import Part
 from dicomnode.dicomweb.multipart import SizedBody
@@ -53,6 +47,8 @@ from dicomnode.dicomweb.multipart import parse_media_type
 from dicomnode.errors import DolmenError
 from dicomnode.errors import NotFound
 from dicomnode.errors import RemoteError
+from dicomnode.peers import Server
+from dicomnode.peers import get_server
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,151 +59,7 @@ STOW_BATCH = 50
 STOW_BATCH_BYTES = 256 * 1024 * 1024
 RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_URL = re.compile(r"https?://[^\s/?#]+[^\s?#]*")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-
-
-@dataclass(frozen=True)
-class Server:
-    """A remote DICOMweb server, from the configuration (``config``) or the page (``page``)."""
-
-    name: str
-    url: str
-    username: str = ""
-    password: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    origin: str = "config"
-
-    @property
-    def base(self) -> str:
-        """The URL without a trailing slash."""
-        return self.url.rstrip("/")
-
-
-# -- the registry --------------------------------------------------------------------------------
-
-
-def _from_config(s: DicomwebServerConfig) -> Server:
-    return Server(s.name, s.url, s.username, s.password, dict(s.headers), "config")
-
-
-def _from_row(row: DicomwebServer) -> Server:
-    try:
-        headers = json.loads(str(row.headers) or "{}")
-    except ValueError:
-        headers = {}
-    return Server(str(row.name), str(row.url), str(row.username), str(row.password),
-                  {str(k): str(v) for k, v in (headers or {}).items()}, "page")
-
-
-def all_servers(settings: Settings) -> list[Server]:
-    """Every known server: the configuration's first, then the page's, by name."""
-    servers = {s.name: _from_config(s) for s in settings.dicomweb_servers}
-    try:
-        for row in DicomwebServer.select().order_by(DicomwebServer.name):
-            servers.setdefault(str(row.name), _from_row(row))
-    except peewee.DatabaseError as exc:  # the index is down: the configuration's still work
-        LOGGER.warning("Cannot read page-managed DICOMweb servers: %s", exc)
-    return sorted(servers.values(), key=lambda s: (s.origin != "config", s.name.lower()))
-
-
-def get_server(settings: Settings, name: str) -> Server:
-    """The server called ``name``.
-
-    Raises
-    ------
-    NotFound
-        When no server has that name.
-    """
-    for server in all_servers(settings):
-        if server.name == name:
-            return server
-    raise NotFound(f"No DICOMweb server called {name!r}: declare it in [dicomweb.servers] "
-                   "or in the DICOMweb page")
-
-
-def check_server(settings: Settings, fields: Mapping[str, Any],
-                 original: str | None = None) -> dict[str, str]:
-    """Problems with the fields of a page-managed server, by field name (empty when valid)."""
-    problems: dict[str, str] = {}
-    name = str(fields.get("name", "")).strip()
-    if not _NAME.fullmatch(name):
-        problems["name"] = "letters, digits, '-', '_' or '.', at most 64, starting with a letter or digit"
-    elif name != original and any(s.name == name for s in all_servers(settings)):
-        problems["name"] = f"a server called {name!r} exists already"
-    if not _URL.fullmatch(str(fields.get("url", "")).strip()):
-        problems["url"] = "an http:// or https:// URL, e.g. https://pacs.example.org/dicom-web"
-    headers = fields.get("headers") or {}
-    if not isinstance(headers, Mapping) or not all(
-            isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", k) and isinstance(v, str)
-            and "\n" not in v and "\r" not in v for k, v in headers.items()):
-        problems["headers"] = "one 'Name: value' per line"
-    return problems
-
-
-def parse_headers(text: str) -> dict[str, str]:
-    """``Name: value`` lines (as typed in the page) as a dict; lines without ``:`` are ignored."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition(":")
-        if sep and name.strip():
-            out[name.strip()] = value.strip()
-    return out
-
-
-def save_server(settings: Settings, fields: Mapping[str, Any], original: str | None = None) -> Server:
-    """Create (or, with ``original``, update) a page-managed server after :func:`check_server`.
-
-    An empty password keeps the one stored before, so that editing does not need it again.
-
-    Raises
-    ------
-    DolmenError
-        ``invalid`` with the first problem, ``read_only`` for a server of the configuration.
-    """
-    if original is not None and any(s.name == original for s in settings.dicomweb_servers):
-        raise DolmenError(f"{original!r} is declared in the configuration file; change it there",
-                          code="read_only")
-    problems = check_server(settings, fields, original)
-    if problems:
-        name, problem = next(iter(problems.items()))
-        raise DolmenError(f"{name}: {problem}", code="invalid")
-    values = {"name": str(fields["name"]).strip(), "url": str(fields["url"]).strip(),
-              "username": str(fields.get("username") or "").strip(),
-              "headers": json.dumps(dict(fields.get("headers") or {}))}
-    password = str(fields.get("password") or "")
-    with write_transaction():
-        if original is None:
-            row = DicomwebServer.create(password=password, **values)
-        else:
-            found = DicomwebServer.get_or_none(DicomwebServer.name == original)
-            if found is None:
-                raise NotFound(f"No DICOMweb server called {original!r} in the DICOMweb page")
-            row = found
-            for key, value in values.items():
-                setattr(row, key, value)
-            if password:
-                row.password = password
-            row.save()
-    return _from_row(row)
-
-
-def delete_server(settings: Settings, name: str) -> None:
-    """Remove a page-managed server.
-
-    Raises
-    ------
-    DolmenError
-        ``read_only`` for a server of the configuration; NotFound when there is none.
-    """
-    if any(s.name == name for s in settings.dicomweb_servers):
-        raise DolmenError(f"{name!r} is declared in the configuration file; remove it there",
-                          code="read_only")
-    with write_transaction():
-        count = DicomwebServer.delete().where(DicomwebServer.name == name).execute()
-    if not count:
-        raise NotFound(f"No DICOMweb server called {name!r} in the DICOMweb page")
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
@@ -650,7 +502,7 @@ jobs.register_kind("wado", run_wado, label="DICOMweb retrieve")
 jobs.register_kind("stow", run_stow, label="DICOMweb send")
 
 
-__all__ = ["Server", "Transfer", "all_servers", "check_server", "count_instances", "delete_server",
-           "get_server", "local_instances", "local_levels", "parse_headers", "proxy_get", "qido",
-           "query_string", "resource_path", "retrieve", "run_stow", "run_wado", "save_server", "simplify",
+__all__ = ["Transfer", "count_instances",
+           "local_instances", "local_levels", "proxy_get", "qido",
+           "query_string", "resource_path", "retrieve", "run_stow", "run_wado", "simplify",
            "stow"]

@@ -22,6 +22,7 @@ from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 
 from dicomnode import jobs
+from dicomnode import peers
 from dicomnode.archive.index import Job
 from dicomnode.dicomweb import client
 from dicomnode.errors import DolmenError
@@ -61,8 +62,8 @@ def _json_routes(state: BlueprintSetupState) -> None:
 
 @bp.app_context_processor
 def _send_targets() -> dict[str, Any]:
-    def dicomweb_servers() -> list[client.Server]:
-        return client.all_servers(settings())
+    def dicomweb_servers() -> list[peers.Server]:
+        return peers.all_servers(settings())
 
     return {"dicomweb_servers": dicomweb_servers}
 
@@ -73,13 +74,13 @@ def _send_targets() -> dict[str, Any]:
 def _fields(form: Any) -> dict[str, Any]:
     return {"name": form.get("name", "").strip(), "url": form.get("url", "").strip(),
             "username": form.get("username", "").strip(), "password": form.get("password", ""),
-            "headers": client.parse_headers(form.get("headers", ""))}
+            "headers": peers.parse_headers(form.get("headers", ""))}
 
 
 def _servers_page(fields: dict[str, Any] | None = None, problems: dict[str, str] | None = None,
                   status: int = 200) -> ResponseReturnValue:
     return render("dicomweb_client/servers.html", "dicomweb_client/servers.html", status,
-                  servers=client.all_servers(settings()), fields=fields or {}, problems=problems or {},
+                  servers=peers.all_servers(settings()), fields=fields or {}, problems=problems or {},
                   root=root_of(current_app))
 
 
@@ -93,26 +94,26 @@ def servers() -> ResponseReturnValue:
 def server_add() -> ResponseReturnValue:
     """Add a server from the form; the page again with the problems when a field is wrong."""
     fields = _fields(request.form)
-    problems = client.check_server(settings(), fields)
+    problems = peers.check_server(settings(), fields)
     if problems:
         return _servers_page(fields, problems, 400)
-    client.save_server(settings(), fields)
+    peers.save_server(settings(), fields)
     return redirect(url_for("dicomweb_client.servers"), code=303)
 
 
 @bp.route("/dicomweb/servers/<name>/edit", methods=["GET", "POST"])
 def server_edit(name: str) -> ResponseReturnValue:
     """Edit a page-managed server (an empty password keeps the stored one)."""
-    server = client.get_server(settings(), name)
+    server = peers.get_server(settings(), name)
     if server.origin == "config":
         raise DolmenError(f"{name!r} is declared in the configuration file; change it there",
                           code="read_only")
     problems: dict[str, str] = {}
     if request.method == "POST":
         fields = _fields(request.form)
-        problems = client.check_server(settings(), fields, original=name)
+        problems = peers.check_server(settings(), fields, original=name)
         if not problems:
-            client.save_server(settings(), fields, original=name)
+            peers.save_server(settings(), fields, original=name)
             return redirect(url_for("dicomweb_client.servers"), code=303)
     else:
         fields = {"name": server.name, "url": server.url, "username": server.username,
@@ -124,14 +125,14 @@ def server_edit(name: str) -> ResponseReturnValue:
 @bp.route("/dicomweb/servers/<name>/delete", methods=["POST"])
 def server_delete(name: str) -> ResponseReturnValue:
     """Remove a page-managed server."""
-    client.delete_server(settings(), name)
+    peers.delete_server(settings(), name)
     return redirect(url_for("dicomweb_client.servers"), code=303)
 
 
 @bp.route("/dicomweb/servers/<name>/test", methods=["POST"])
 def server_test(name: str) -> ResponseReturnValue:
     """Ask the server for one study (QIDO-RS) and say how it went."""
-    server = client.get_server(settings(), name)
+    server = peers.get_server(settings(), name)
     start = time.perf_counter()
     try:
         client.qido(server, "study", {}, limit=1)
@@ -147,7 +148,7 @@ def server_test(name: str) -> ResponseReturnValue:
 @bp.route("/dicomweb/servers/<name>/search")
 def search(name: str) -> ResponseReturnValue:
     """Search a remote server with the Query/Retrieve page's filters; drill down and retrieve."""
-    server = client.get_server(settings(), name)
+    server = peers.get_server(settings(), name)
     args = request.args
     level = args.get("level", "study")
     if level not in LEVELS:
@@ -190,7 +191,7 @@ def _submit(kind: str, server: str, resources: list[Any], description: str) -> i
 @bp.route("/dicomweb/servers/<name>/retrieve", methods=["POST"])
 def retrieve(name: str) -> ResponseReturnValue:
     """Start a WADO-RS retrieve job for one study, series or instance of the search results."""
-    client.get_server(settings(), name)
+    peers.get_server(settings(), name)
     resource = {k: request.form[k] for k in ("Study", "Series", "Instance") if request.form.get(k)}
     client.resource_path(resource)  # a 400 for a missing or malformed UID
     description = request.form.get("description", "").strip() or " / ".join(resource.values())
@@ -204,7 +205,7 @@ def send() -> ResponseReturnValue:
     level, resource_id = form.get("level", ""), form.get("resource_id", "").strip()
     if level not in ("patient", "study", "series", "instance") or not resource_id:
         abort(400)
-    server = client.get_server(settings(), form.get("server", ""))
+    server = peers.get_server(settings(), form.get("server", ""))
     resources = client.local_levels([resource_id])  # a 404 now rather than a failed job
     return started(_submit("stow", server.name, [resource_id], transfer.describe(resources)))
 
@@ -221,7 +222,7 @@ def _body() -> dict[str, Any]:
 
 def api_servers() -> ResponseReturnValue:
     """``GET /dicom-web/servers``: the names (``?expand``: with URL, user and origin)."""
-    found = client.all_servers(settings())
+    found = peers.all_servers(settings())
     if "expand" in request.args:
         return jsonify({s.name: {"Url": s.url, "Username": s.username, "HttpHeaders": sorted(s.headers),
                                  "Origin": s.origin} for s in found})
@@ -230,13 +231,13 @@ def api_servers() -> ResponseReturnValue:
 
 def api_server(name: str) -> ResponseReturnValue:
     """``GET /dicom-web/servers/{name}``: the operations, as Orthanc lists them."""
-    client.get_server(settings(), name)
+    peers.get_server(settings(), name)
     return jsonify(["get", "retrieve", "stow"])
 
 
 def api_get(name: str) -> ResponseReturnValue:
     """``POST .../get`` ``{"Uri": "/studies?...", "HttpHeaders": {}, "Arguments": {}}``: the answer."""
-    server = client.get_server(settings(), name)
+    server = peers.get_server(settings(), name)
     body = _body()
     uri = body.get("Uri")
     if not isinstance(uri, str) or not uri:
@@ -293,7 +294,7 @@ def _wait(job_id: int) -> Job:
 
 def api_stow(name: str) -> ResponseReturnValue:
     """``POST .../stow`` ``{"Resources": [local ids], "Synchronous": true}``: send through STOW-RS."""
-    client.get_server(settings(), name)
+    peers.get_server(settings(), name)
     body = _body()
     ids = [str(r) for r in _resources(body)]
     resources = client.local_levels(ids)  # a 404 now rather than a failed job
@@ -302,7 +303,7 @@ def api_stow(name: str) -> ResponseReturnValue:
 
 def api_retrieve(name: str) -> ResponseReturnValue:
     """``POST .../retrieve`` ``{"Resources": [{"Study": uid, "Series": uid, "Instance": uid}]}``."""
-    client.get_server(settings(), name)
+    peers.get_server(settings(), name)
     body = _body()
     resources = _resources(body)
     for resource in resources:
