@@ -27,7 +27,7 @@ from tests.conftest import start_dolmen
 from tests.conftest import start_orthanc
 from tests.conftest import wait_for
 from tests.conftest import write_toml
-from webapp.pages.qr import date_range
+from webapp.search import date_range
 
 pytestmark = pytest.mark.orthanc
 HX = {"HX-Request": "true"}

@@ -409,3 +409,186 @@ class ThumbnailCache:
 __all__ = ["INSTANCE", "LEVELS", "PATIENT", "SERIES", "STUDY", "Deleted", "Match", "Removed",
            "ThumbnailCache", "delete", "get", "instances_of", "is_public_id", "lookup",
            "remove_instance_rows"]
+
+
+#: What "already here" compares, by level: the remote answer's count attribute.
+REMOTE_COUNT = {
+    "patient": "NumberOfPatientRelatedInstances",
+    "study": "NumberOfStudyRelatedInstances",
+    "series": "NumberOfSeriesRelatedInstances",
+}
+
+
+def _remote_count(value: Any) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def presence(level: str, answers: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """For each answer, what of it is already here: ``state`` (none, partial, complete, here),
+    ``local`` and ``remote`` instance counts, and the local resource's ``public_id``."""
+    if level == "patient":
+        key, model, field = "PatientID", Patient, Patient.patient_id
+    elif level == "study":
+        key, model, field = "StudyInstanceUID", Study, Study.study_instance_uid
+    elif level == "series":
+        key, model, field = "SeriesInstanceUID", Series, Series.series_instance_uid
+    else:
+        key, model, field = "SOPInstanceUID", Instance, Instance.sop_instance_uid
+    values = list({a.get(key, "") for a in answers if a.get(key)})
+    local: dict[str, tuple[int, str]] = {}
+    for n in range(0, len(values), 500):
+        count_field = model.num_instances if model is not Instance else None
+        columns = [field, model.public_id] + ([count_field] if count_field is not None else [])
+        for row in model.select(*columns).where(field.in_(values[n : n + 500])).tuples():
+            count = int(row[2]) if count_field is not None else 1
+            previous = local.get(row[0], (0, row[1]))
+            local[row[0]] = (previous[0] + count, previous[1])
+    out = []
+    for answer in answers:
+        here, public_id = local.get(answer.get(key, ""), (0, ""))
+        remote = _remote_count(answer.get(REMOTE_COUNT.get(level, ""), "")) if level != "instance" else 1
+        if not here:
+            state = "none"
+        elif remote is None:
+            state = "here"
+        elif here >= remote:
+            state = "complete"
+        else:
+            state = "partial"
+        out.append({"state": state, "local": here, "remote": remote, "public_id": public_id})
+    return out
+
+
+# -- what the pages list ------------------------------------------------------------------------
+
+
+def studies_of(patient: Patient) -> list[Study]:
+    """A patient's studies, newest first."""
+    return list(Study.select().where(Study.patient == patient.pk)
+                .order_by(Study.study_date.desc(), Study.study_time.desc(), Study.pk.desc()))
+
+
+def series_of(study: Study) -> list[Series]:
+    """A study's series by Series Number."""
+    return list(query.order(Series.select().where(Series.study == study.pk), query.SERIES, "number"))
+
+
+def instances_in_series(series: Series) -> Any:
+    """A series' instances by Instance Number (a query, to paginate)."""
+    return query.order(Instance.select().where(Instance.series == series.pk), query.IMAGE, "number")
+
+
+def stored_instances(sop_instance_uids: Iterable[str]) -> dict[str, Instance]:
+    """The stored instances among ``sop_instance_uids``, by SOP Instance UID."""
+    keys = list(sop_instance_uids)
+    found: dict[str, Instance] = {}
+    for start in range(0, len(keys), 500):
+        for inst in Instance.select(Instance, Instance.series).where(
+                Instance.sop_instance_uid.in_(keys[start:start + 500])):
+            found[inst.sop_instance_uid] = inst
+    return found
+
+
+def modalities_in_archive(most: int = 64) -> list[str]:
+    """Every modality in the archive, for the filter.
+
+    A skip scan of the (0008,0060) *Modality* index: one indexed "next value after" lookup per
+    modality, instead of a DISTINCT that reads every series (10 ms with 100,000 of them).
+    """
+    found: list[str] = []
+    last = ""
+    while len(found) < most:
+        row = (Series.select(Series.modality).where(Series.modality > last)
+               .order_by(Series.modality).limit(1).first())
+        if row is None:
+            break
+        last = row.modality
+        found.append(last)
+    return found
+
+
+def key_images(series: list[Series]) -> dict[int, str]:
+    """The public id of the middle instance (by InstanceNumber) of each series."""
+    images = {}
+    for s in series:
+        middle = (Instance.select(Instance.public_id).where(Instance.series == s.pk)
+                  .order_by(Instance.instance_number, Instance.pk)
+                  .offset(max(0, s.num_instances // 2)).limit(1).first())
+        if middle is None:  # counters off: fall back to the first
+            middle = Instance.select(Instance.public_id).where(Instance.series == s.pk).first()
+        if middle is not None:
+            images[s.pk] = middle.public_id
+    return images
+
+
+def neighbours(row: Instance, series_row: Series) -> tuple[str | None, str | None]:
+    """The previous and next instances of the series, in InstanceNumber order."""
+    siblings = Instance.select(Instance.public_id).where(Instance.series == series_row.pk)
+    ids = [i for (i,) in query.order(siblings, query.IMAGE, "number").tuples()]
+    at = ids.index(row.public_id) if row.public_id in ids else -1
+    before = ids[at - 1] if at > 0 else None
+    after = ids[at + 1] if 0 <= at < len(ids) - 1 else None
+    return before, after
+
+
+def archive_rows(level: str, row: Any) -> list[tuple[Any, ...]]:
+    """What a ZIP of a resource names its files by, one tuple per instance in study, series and
+    instance order: patient name and ID, study date and description, series number, modality
+    and description, instance number, the instance's pk and path."""
+    return list(instances_of(level, row).select(
+        Patient.patient_name, Patient.patient_id, Study.study_date, Study.study_description,
+        Series.series_number, Series.modality, Series.series_description, Instance.instance_number,
+        Instance.pk, Instance.path,
+    ).order_by(Study.study_date, Study.pk, Series.series_number, Series.pk, Instance.instance_number,
+               Instance.pk).tuples())
+
+
+LEVEL_MODELS: dict[str, Any] = {"patient": Patient, "study": Study, "series": Series, "instance": Instance}
+
+
+def job_resources(kind: str, params: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The local resources of a job of ``kind`` with ``params``, as (level, row): what a send
+    sends, what a retrieve brought (or was to bring)."""
+    out: list[tuple[str, Any]] = []
+    if kind == "send":
+        for resource in params.get("resources") or []:
+            model = LEVEL_MODELS.get(str(resource.get("level")))
+            row = model.get_or_none(model.public_id == str(resource.get("id"))) if model else None
+            if row is not None:
+                out.append((str(resource["level"]), row))
+        return out
+    if kind == "stow":  # local public ids of any level
+        for public_id in params.get("resources") or []:
+            for level, model in LEVEL_MODELS.items():
+                row = model.get_or_none(model.public_id == str(public_id))
+                if row is not None:
+                    out.append((level, row))
+                    break
+        return out
+    if kind == "wado":  # {"Study": uid, "Series": uid, "Instance": uid}
+        for resource in params.get("resources") or []:
+            for level, key, field in (
+                ("instance", "Instance", Instance.sop_instance_uid),
+                ("series", "Series", Series.series_instance_uid),
+                ("study", "Study", Study.study_instance_uid),
+            ):
+                if isinstance(resource, dict) and resource.get(key):
+                    rows = LEVEL_MODELS[level].select().where(field == str(resource[key]))
+                    out += [(level, row) for row in rows]
+                    break
+        return out
+    if kind not in ("move", "get"):
+        return []
+    keys = params.get("keys") or {}
+    for level, key, field in (
+        ("series", "SeriesInstanceUID", Series.series_instance_uid),
+        ("study", "StudyInstanceUID", Study.study_instance_uid),
+        ("patient", "PatientID", Patient.patient_id),
+    ):
+        if keys.get(key):
+            model = LEVEL_MODELS[level]
+            return [(level, row) for row in model.select().where(field == keys[key])]
+    return []

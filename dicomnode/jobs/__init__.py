@@ -267,6 +267,17 @@ def retry(job_id: int) -> int:
     return submit(str(job.kind), str(job.target), params, str(job.description))
 
 
+def recent(state: str = "", limit: int = 100) -> list[Job]:
+    """The latest jobs, newest first: all, those in ``state`` (one of :data:`STATES`), or the
+    ``active`` ones."""
+    query = Job.select().order_by(Job.created_at.desc(), Job.pk.desc())
+    if state in STATES:
+        query = query.where(Job.state == state)
+    elif state == "active":
+        query = query.where(Job.state.in_(ACTIVE))
+    return list(query.limit(limit))
+
+
 def params_of(job: Job) -> dict[str, Any]:
     """The job's parameters as a dict."""
     try:

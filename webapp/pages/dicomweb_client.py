@@ -24,17 +24,17 @@ from flask.typing import ResponseReturnValue
 from dicomnode import jobs
 from dicomnode import peers
 from dicomnode.archive.index import Job
+from dicomnode.archive.resources import presence
 from dicomnode.dicomweb import client
 from dicomnode.errors import DolmenError
 from dicomnode.jobs import transfer
 from webapp.api.dicomweb import root_of
 from webapp.htmx import render
-from webapp.pages.qr import PRESETS
-from webapp.pages.qr import local_url
-from webapp.pages.qr import presence
-from webapp.pages.qr import query_filters
-from webapp.pages.qr import sop_class_name
-from webapp.pages.qr import started
+from webapp.present import local_url
+from webapp.present import sop_class_name
+from webapp.present import started
+from webapp.search import PRESETS
+from webapp.search import query_filters
 from webapp.services import services
 from webapp.services import settings
 

@@ -6,181 +6,38 @@ at once (capped), ``move``/``get``/``send`` start a job and answer its id.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from flask import Blueprint
 from flask import abort
-from flask import current_app
 from flask import redirect
 from flask import request
 from flask import url_for
 from flask.typing import ResponseReturnValue
-from pydicom.uid import UID
 
 from dicomnode import peers
-from dicomnode.archive.index import Instance
-from dicomnode.archive.index import Patient
-from dicomnode.archive.index import Series
-from dicomnode.archive.index import Study
+from dicomnode.archive.resources import presence
 from dicomnode.config import OPERATIONS
 from dicomnode.errors import DolmenError
-from webapp.htmx import is_htmx
 from webapp.htmx import render
+from webapp.present import local_url
+from webapp.present import sop_class_name
+from webapp.present import started
+from webapp.search import DICOM_LEVEL
+from webapp.search import FILTERS
+from webapp.search import LABELS
+from webapp.search import LEVELS
+from webapp.search import PRESETS
+from webapp.search import query_filters
 from webapp.services import services
 from webapp.services import settings
 
 bp = Blueprint("qr", __name__)
 
-LEVELS = ("patient", "study", "series", "instance")
-#: The C-FIND level of each page level.
-DICOM_LEVEL = {"patient": "PATIENT", "study": "STUDY", "series": "SERIES", "instance": "IMAGE"}
-#: Text filters of the form, by level (DICOM keywords; dates are handled apart).
-FILTERS = {
-    "patient": ("PatientName", "PatientID"),
-    "study": (
-        "PatientName",
-        "PatientID",
-        "AccessionNumber",
-        "StudyDescription",
-        "ModalitiesInStudy",
-        "StudyInstanceUID",
-    ),
-    "series": (
-        "PatientName",
-        "PatientID",
-        "AccessionNumber",
-        "StudyInstanceUID",
-        "ModalitiesInStudy",
-        "SeriesDescription",
-    ),
-    "instance": ("StudyInstanceUID", "SeriesInstanceUID"),
-}
-LABELS = {
-    "PatientName": "Patient name",
-    "PatientID": "Patient ID",
-    "AccessionNumber": "Accession number",
-    "StudyDescription": "Study description",
-    "ModalitiesInStudy": "Modality",
-    "SeriesDescription": "Series description",
-    "StudyInstanceUID": "Study Instance UID",
-    "SeriesInstanceUID": "Series Instance UID",
-}
-PRESETS = (
-    ("", "Any date"),
-    ("today", "Today"),
-    ("yesterday", "Yesterday"),
-    ("week", "Last 7 days"),
-    ("month", "Last 30 days"),
-    ("year", "Last 365 days"),
-    ("custom", "Between…"),
-)
 FIND_LIMIT = 200
-#: What "already here" compares, by level: the remote count attribute.
-REMOTE_COUNT = {
-    "patient": "NumberOfPatientRelatedInstances",
-    "study": "NumberOfStudyRelatedInstances",
-    "series": "NumberOfSeriesRelatedInstances",
-}
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def _dicom_date(value: str) -> str:
-    """``2024-03-01`` (an HTML date input) or ``20240301`` -> ``20240301``; anything else -> ''."""
-    digits = value.replace("-", "").strip()
-    return digits if len(digits) == 8 and digits.isdigit() else ""
-
-
-def date_range(preset: str, start: str, end: str, today: dt.date | None = None) -> str:
-    """The (0008,0020) *Study Date* range matching value for a preset or a custom range ('' = any)."""
-    today = today or dt.date.today()
-    days = {"today": 0, "yesterday": 1, "week": 6, "month": 29, "year": 364}
-    if preset in days:
-        first = today - dt.timedelta(days=days[preset])
-        last = first if preset == "yesterday" else today
-        return f"{first:%Y%m%d}-{last:%Y%m%d}" if first != last else f"{first:%Y%m%d}"
-    start, end = _dicom_date(start), _dicom_date(end)
-    if start and end and start == end:
-        return start
-    return f"{start}-{end}" if start or end else ""
-
-
-def query_filters(level: str, args: Any) -> dict[str, str]:
-    """The C-FIND matching keys for the form's fields at ``level``."""
-    filters: dict[str, str] = {}
-    for key in FILTERS[level]:
-        value = str(args.get(key, "")).strip()
-        if value:
-            filters["Modality" if key == "ModalitiesInStudy" and level == "series" else key] = value
-    if level in ("study", "series"):
-        dates = date_range(args.get("preset", ""), args.get("date_from", ""), args.get("date_to", ""))
-        if dates:
-            filters["StudyDate"] = dates
-    return filters
-
-
-def _count(value: Any) -> int | None:
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-
-
-def presence(level: str, answers: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """For each answer, what of it is already here: ``state`` (none, partial, complete, here),
-    ``local`` and ``remote`` instance counts, and the local resource's ``public_id``."""
-    if level == "patient":
-        key, model, field = "PatientID", Patient, Patient.patient_id
-    elif level == "study":
-        key, model, field = "StudyInstanceUID", Study, Study.study_instance_uid
-    elif level == "series":
-        key, model, field = "SeriesInstanceUID", Series, Series.series_instance_uid
-    else:
-        key, model, field = "SOPInstanceUID", Instance, Instance.sop_instance_uid
-    values = list({a.get(key, "") for a in answers if a.get(key)})
-    local: dict[str, tuple[int, str]] = {}
-    for n in range(0, len(values), 500):
-        count_field = model.num_instances if model is not Instance else None
-        columns = [field, model.public_id] + ([count_field] if count_field is not None else [])
-        for row in model.select(*columns).where(field.in_(values[n : n + 500])).tuples():
-            count = int(row[2]) if count_field is not None else 1
-            previous = local.get(row[0], (0, row[1]))
-            local[row[0]] = (previous[0] + count, previous[1])
-    out = []
-    for answer in answers:
-        here, public_id = local.get(answer.get(key, ""), (0, ""))
-        remote = _count(answer.get(REMOTE_COUNT.get(level, ""), "")) if level != "instance" else 1
-        if not here:
-            state = "none"
-        elif remote is None:
-            state = "here"
-        elif here >= remote:
-            state = "complete"
-        else:
-            state = "partial"
-        out.append({"state": state, "local": here, "remote": remote, "public_id": public_id})
-    return out
-
-
-def local_url(level: str, public_id: str) -> str | None:
-    """The local page of a resource, when the browse pages are there."""
-    endpoint = f"browse.{level}"
-    rules = list(current_app.url_map.iter_rules(endpoint)) if endpoint in current_app.view_functions else []
-    for rule in rules:
-        if len(rule.arguments) == 1:
-            return url_for(endpoint, **{next(iter(rule.arguments)): public_id})
-    return None
-
-
-def sop_class_name(uid: str) -> str:
-    """A SOP class's name, or the UID when pydicom does not know it."""
-    try:
-        name = UID(uid).name
-    except Exception:
-        return uid
-    return name or uid
 
 
 def _context() -> dict[str, Any]:
@@ -266,15 +123,6 @@ def retrieve() -> ResponseReturnValue:
     if sop_classes:
         args["sop_classes"] = sop_classes
     return started(services().control.call(method, **args)["job"])
-
-
-def started(job_id: int) -> ResponseReturnValue:
-    """After starting a job: its live progress for htmx, else its page."""
-    if is_htmx():
-        from webapp.pages.jobs import progress_fragment
-
-        return progress_fragment(job_id)
-    return redirect(url_for("jobs.job", job_id=job_id), code=303)
 
 
 # -- modalities -----------------------------------------------------------------------------

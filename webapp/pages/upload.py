@@ -22,7 +22,7 @@ from flask import request
 from flask.typing import ResponseReturnValue
 from werkzeug.formparser import parse_form_data
 
-from dicomnode.archive.index import Instance
+from dicomnode.archive import resources
 from dicomnode.archive.ingest import REJECTED
 from dicomnode.archive.ingest import IngestResult
 from dicomnode.archive.ingest import Source
@@ -140,12 +140,7 @@ def check() -> ResponseReturnValue:
     names = request.form.getlist("name")[:MAX_CHECK]
     wanted = {u.strip(): n for u, n in zip(uids, names, strict=False) if u.strip()}
     rows = []
-    found: dict[str, Instance] = {}
-    keys = list(wanted)
-    for start in range(0, len(keys), 500):
-        for inst in Instance.select(Instance, Instance.series).where(
-                Instance.sop_instance_uid.in_(keys[start:start + 500])):
-            found[inst.sop_instance_uid] = inst
+    found = resources.stored_instances(wanted)
     for uid, name in wanted.items():
         inst = found.get(uid)
         if inst is not None:

@@ -1,0 +1,118 @@
+"""How pages show things, shared by the blueprints (none of which imports another).
+
+Formats (dates, person names, SOP classes), the local page of a resource, and what the
+pages show of a job: its label, its local resources and its live progress fragment.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import current_app
+from flask import make_response
+from flask import redirect
+from flask import render_template
+from flask import url_for
+from flask.typing import ResponseReturnValue
+from pydicom.uid import UID
+
+from dicomnode import jobs as joblib
+from dicomnode.archive import resources
+from dicomnode.archive.index import Job
+from webapp.htmx import is_htmx
+
+
+def dicom_date(value: str | None) -> str:
+    """``20240131`` → ``2024-01-31``; anything else unchanged."""
+    value = (value or "").strip()
+    if re.fullmatch(r"\d{8}", value):
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value
+
+
+def person(value: str | None) -> str:
+    """A DICOM person name for people: ``DOE^JOHN^^DR`` → ``DOE, JOHN``."""
+    groups = (value or "").split("=")[0].split("^")
+    family, given = groups[0].strip(), " ".join(g.strip() for g in groups[1:3] if g.strip())
+    if family and given:
+        return f"{family}, {given}"
+    return family or given
+
+
+def sop_class_name(uid: str) -> str:
+    """A SOP class's name, or the UID when pydicom does not know it."""
+    try:
+        name = UID(uid).name
+    except Exception:
+        return uid
+    return name or uid
+
+
+def local_url(level: str, public_id: str) -> str | None:
+    """The local page of a resource, when the browse pages are there."""
+    endpoint = f"browse.{level}"
+    rules = list(current_app.url_map.iter_rules(endpoint)) if endpoint in current_app.view_functions else []
+    for rule in rules:
+        if len(rule.arguments) == 1:
+            return url_for(endpoint, **{next(iter(rule.arguments)): public_id})
+    return None
+
+
+KIND_LABELS = {
+    "send": "Send",
+    "move": "Retrieve (C-MOVE)",
+    "get": "Retrieve (C-GET)",
+    "wado": "DICOMweb retrieve",
+    "stow": "DICOMweb send",
+}
+
+
+def kind_label(kind: str) -> str:
+    """What the list shows for a kind of job."""
+    registered = joblib.kinds().get(kind)
+    return KIND_LABELS.get(kind) or (registered.label if registered else kind)
+
+
+def job_helpers() -> dict[str, Any]:
+    return {
+        "percent": joblib.percent,
+        "duration": joblib.duration,
+        "kind_label": kind_label,
+        "active_states": joblib.ACTIVE,
+    }
+
+
+def _local_entry(level: str, row: Any) -> dict[str, Any]:
+    label = {
+        "patient": lambda: f"Patient {person(row.patient_name)} ({row.patient_id})",
+        "study": lambda: f"Study {dicom_date(row.study_date)} {row.study_description}",
+        "series": lambda: f"Series {row.series_number or ''} {row.series_description}",
+        "instance": lambda: f"Instance {row.instance_number or ''}",
+    }[level]()
+    return {
+        "label": " ".join(label.split()),
+        "count": getattr(row, "num_instances", 1),
+        "url": local_url(level, row.public_id) or "",
+    }
+
+
+def local_resources(job: Job) -> list[dict[str, Any]]:
+    """The local resources of a job, as the pages list them (label, count, link)."""
+    return [_local_entry(level, row) for level, row in resources.job_resources(job.kind, joblib.params_of(job))]
+
+
+def progress_fragment(job_id: int) -> ResponseReturnValue:
+    """The compact live progress of a job (polls itself until the job ends)."""
+    row = joblib.get(job_id)
+    response = make_response(
+        render_template("jobs/_progress.html", job=row, local=local_resources(row), **job_helpers())
+    )
+    response.headers.add("Vary", "HX-Request")
+    return response
+
+
+def started(job_id: int) -> ResponseReturnValue:
+    """After starting a job: its live progress for htmx, else its page."""
+    if is_htmx():
+        return progress_fragment(job_id)
+    return redirect(url_for("jobs.job", job_id=job_id), code=303)
