@@ -15,7 +15,6 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
-from dataclasses import field
 from typing import Any
 from typing import Generic
 from typing import TypeVar
@@ -83,6 +82,15 @@ class Registry(Generic[P]):
             if peer.name == name:  # type: ignore[attr-defined]
                 return peer
         raise NotFound(f"No {self.kind} called {name!r}: declare it in {self.section} or in the {self.page}")
+
+    def name_problem(self, settings: Settings, name: str, original: str | None) -> str | None:
+        """What is wrong with ``name`` for a new peer (or for ``original`` renamed), if anything."""
+        problem = check_name(name)
+        if problem:
+            return problem
+        if name != original and any(p.name == name for p in self.all(settings)):  # type: ignore[attr-defined]
+            return f"a {self.kind} called {name!r} exists already"
+        return None
 
     def is_configured(self, settings: Settings, name: str) -> bool:
         return any(c.name == name for c in self.configured(settings))
@@ -168,7 +176,7 @@ def _from_row(m: Modality) -> Node:
 def nodes_with_aet(settings: Settings, aet: str) -> list[Node]:
     """Nodes whose AE title is ``aet`` (spaces around it are not significant)."""
     aet = aet.strip()
-    return [n for n in all_nodes(settings) if n.aet.strip() == aet]
+    return [n for n in MODALITIES.all(settings) if n.aet.strip() == aet]
 
 
 def access(settings: Settings, calling_aet: str, peer_ip: str, operation: str) -> str | None:
@@ -208,11 +216,9 @@ def check_node(settings: Settings, fields: Mapping[str, Any], original: str | No
     ``description`` and ``fallback_get``; ``original`` is the name of the row being edited.
     """
     problems: dict[str, str] = {}
-    name = str(fields.get("name", "")).strip()
-    if check_name(name):
-        problems["name"] = str(check_name(name))
-    elif name != original and any(n.name == name for n in all_nodes(settings)):
-        problems["name"] = f"a modality called {name!r} exists already"
+    name_problem = MODALITIES.name_problem(settings, str(fields.get("name", "")).strip(), original)
+    if name_problem:
+        problems["name"] = name_problem
     aet = str(fields.get("aet", ""))
     problem = check_aet(aet)
     if problem:
@@ -248,40 +254,15 @@ MODALITIES: Registry[Node] = Registry(
     lambda settings, fields, original: check_node(settings, fields, original))
 
 
-def all_nodes(settings: Settings) -> list[Node]:
-    """Every known node, config first, then page-managed ones, by name."""
-    return MODALITIES.all(settings)
-
-
-def get_node(settings: Settings, name: str) -> Node:
-    """The node called ``name`` (NotFound when none is)."""
-    return MODALITIES.get(settings, name)
-
-
-def save_node(settings: Settings, fields: Mapping[str, Any], original: str | None = None) -> Node:
-    """Create or update a page-managed node (see :meth:`Registry.save`)."""
-    return MODALITIES.save(settings, fields, original)
-
-
-def delete_node(settings: Settings, name: str) -> None:
-    """Remove a page-managed node (see :meth:`Registry.delete`)."""
-    MODALITIES.delete(settings, name)
-
-
 # -- DICOMweb servers ----------------------------------------------------------------------------
 
 _URL = re.compile(r"https?://[^\s/?#]+[^\s?#]*")
 
 
 @dataclass(frozen=True)
-class Server:
+class Server(DicomwebServerConfig):
     """A remote DICOMweb server, from the configuration (``config``) or the page (``page``)."""
 
-    name: str
-    url: str
-    username: str = ""
-    password: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
     origin: str = "config"
 
     @property
@@ -307,11 +288,9 @@ def check_server(settings: Settings, fields: Mapping[str, Any],
                  original: str | None = None) -> dict[str, str]:
     """Problems with the fields of a page-managed server, by field name (empty when valid)."""
     problems: dict[str, str] = {}
-    name = str(fields.get("name", "")).strip()
-    if check_name(name):
-        problems["name"] = str(check_name(name))
-    elif name != original and any(s.name == name for s in DICOMWEB_SERVERS.all(settings)):
-        problems["name"] = f"a server called {name!r} exists already"
+    name_problem = DICOMWEB_SERVERS.name_problem(settings, str(fields.get("name", "")).strip(), original)
+    if name_problem:
+        problems["name"] = name_problem
     if not _URL.fullmatch(str(fields.get("url", "")).strip()):
         problems["url"] = "an http:// or https:// URL, e.g. https://pacs.example.org/dicom-web"
     headers = fields.get("headers") or {}
@@ -344,23 +323,3 @@ DICOMWEB_SERVERS: Registry[Server] = Registry(
     "DICOMweb server", "DICOMweb servers", "[dicomweb.servers]", "DICOMweb page", DicomwebServer,
     lambda settings: settings.dicomweb_servers, _server_from_config, _server_from_row, _server_values,
     lambda settings, fields, original: check_server(settings, fields, original), keep_if_empty=("password",))
-
-
-def all_servers(settings: Settings) -> list[Server]:
-    """Every known DICOMweb server: the configuration's first, then the page's, by name."""
-    return DICOMWEB_SERVERS.all(settings)
-
-
-def get_server(settings: Settings, name: str) -> Server:
-    """The DICOMweb server called ``name`` (NotFound when none is)."""
-    return DICOMWEB_SERVERS.get(settings, name)
-
-
-def save_server(settings: Settings, fields: Mapping[str, Any], original: str | None = None) -> Server:
-    """Create or update a page-managed DICOMweb server (see :meth:`Registry.save`)."""
-    return DICOMWEB_SERVERS.save(settings, fields, original)
-
-
-def delete_server(settings: Settings, name: str) -> None:
-    """Remove a page-managed DICOMweb server (see :meth:`Registry.delete`)."""
-    DICOMWEB_SERVERS.delete(settings, name)

@@ -127,13 +127,13 @@ class Sidecar:
         name = args.get("modality")
         if not isinstance(name, str) or not name:
             raise DolmenError("echo needs a modality name", code="bad_request")
-        return scu.echo(self.settings, peers.get_node(self.settings, name))
+        return scu.echo(self.settings, peers.MODALITIES.get(self.settings, name))
 
     def _node(self, args: dict[str, Any]) -> peers.Node:
         name = args.get("modality")
         if not isinstance(name, str) or not name:
             raise DolmenError("this operation needs a modality name", code="bad_request")
-        return peers.get_node(self.settings, name)
+        return peers.MODALITIES.get(self.settings, name)
 
     def op_find(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control op ``find``: C-FIND a modality, synchronously, at most ``limit`` answers (1000 max).

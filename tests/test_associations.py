@@ -127,7 +127,7 @@ def test_add_as_modality_prefills_the_form_and_the_saved_node_is_then_allowed(ap
 
 def test_no_add_button_for_a_declared_modality_refused_an_operation(app: Any, client: Any) -> None:
     s = settings_of(app)
-    peers.save_node(s, {"name": "viewer", "aet": "VIEWER", "host": "127.0.0.1", "port": 104,
+    peers.MODALITIES.save(s, {"name": "viewer", "aet": "VIEWER", "host": "127.0.0.1", "port": 104,
                         "allow": ["echo", "find"]})
     pk = refuse(s, "VIEWER", "127.0.0.1", "move")
     row = soup(client.get("/associations")).select_one(f'tr[data-event="{pk}"]')
@@ -276,7 +276,7 @@ def test_api(client: Any, mixed: dict[str, int]) -> None:
 
 def test_every_refusal_the_access_check_gives_is_explained(app: Any) -> None:
     s = settings_of(app).replace(**{"dicom.check_calling_host": True, "dicom.unknown_aet": []})
-    peers.save_node(s, {"name": "ct", "aet": "CT", "host": "127.0.0.1", "port": 104, "allow": ["store"]})
+    peers.MODALITIES.save(s, {"name": "ct", "aet": "CT", "host": "127.0.0.1", "port": 104, "allow": ["store"]})
     cases = [
         (("NOBODY", "127.0.0.1", "echo"), "unknown_aet"),
         (("CT", "10.66.66.66", "store"), "wrong_host"),

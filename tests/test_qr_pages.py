@@ -448,7 +448,7 @@ def test_send_form_partial(app: Any) -> None:
     from dicomnode import peers
 
     with app.test_request_context("/"):
-        peers.save_node(
+        peers.MODALITIES.save(
             app.config["DOLMEN"],
             {
                 "name": "ct1",

@@ -47,8 +47,8 @@ from dicomnode.dicomweb.multipart import parse_media_type
 from dicomnode.errors import DolmenError
 from dicomnode.errors import NotFound
 from dicomnode.errors import RemoteError
+from dicomnode.peers import DICOMWEB_SERVERS
 from dicomnode.peers import Server
-from dicomnode.peers import get_server
 
 LOGGER = logging.getLogger(__name__)
 
@@ -468,7 +468,7 @@ def _progress(job: jobs.JobContext, kind: str) -> Callable[[Transfer], None]:
 
 def run_wado(job: jobs.JobContext) -> None:
     """Job kind ``wado``: params ``{"server": name, "resources": [{"Study": ..., ...}]}``."""
-    server = get_server(job.settings, str(job.params.get("server", "")))
+    server = DICOMWEB_SERVERS.get(job.settings, str(job.params.get("server", "")))
     resources = list(job.params.get("resources") or [])
     assert job.ingestor is not None
     total = count_instances(server, resources)
@@ -486,7 +486,7 @@ def run_wado(job: jobs.JobContext) -> None:
 
 def run_stow(job: jobs.JobContext) -> None:
     """Job kind ``stow``: params ``{"server": name, "resources": [local public ids]}``."""
-    server = get_server(job.settings, str(job.params.get("server", "")))
+    server = DICOMWEB_SERVERS.get(job.settings, str(job.params.get("server", "")))
     instances = local_instances(list(job.params.get("resources") or []))
     assert job.store is not None
     job.progress(total=len(instances), force=True)

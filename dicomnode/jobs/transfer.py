@@ -136,7 +136,7 @@ def describe(resources: list[dict[str, Any]]) -> str:
 
 def run_send(job: jobs.JobContext) -> None:
     """C-STORE every instance of the resources to the modality, over one association."""
-    node = peers.get_node(job.settings, str(job.params.get("modality", "")))
+    node = peers.MODALITIES.get(job.settings, str(job.params.get("modality", "")))
     items = send_items(list(job.params.get("resources") or []))
     assert job.store is not None
     items = [
@@ -260,7 +260,7 @@ class _Progress:
 
 def _retrieve(job: jobs.JobContext, method: str) -> None:
     params = job.params
-    node = peers.get_node(job.settings, str(params.get("modality", "")))
+    node = peers.MODALITIES.get(job.settings, str(params.get("modality", "")))
     level = str(params.get("level", "STUDY")).upper()
     keys = scu.retrieve_keys(level, dict(params.get("keys") or {}))
     if params.get("missing_only"):

@@ -53,7 +53,7 @@ def associations() -> ResponseReturnValue:
         per = 50
     page = _page(filters, per)
     live = page.number == 1 and request.args.get("live") != "0"
-    known = {n.aet.strip(): n for n in peers.all_nodes(settings)}
+    known = {n.aet.strip(): n for n in peers.MODALITIES.all(settings)}
     # What the list shows: its newest row, how many match, and the declared AE titles (a
     # refused unknown AE's button turns into "since declared" once it is added).
     declared = zlib.crc32(" ".join(sorted(known)).encode())

@@ -63,7 +63,7 @@ def _json_routes(state: BlueprintSetupState) -> None:
 @bp.app_context_processor
 def _send_targets() -> dict[str, Any]:
     def dicomweb_servers() -> list[peers.Server]:
-        return peers.all_servers(settings())
+        return peers.DICOMWEB_SERVERS.all(settings())
 
     return {"dicomweb_servers": dicomweb_servers}
 
@@ -80,7 +80,7 @@ def _fields(form: Any) -> dict[str, Any]:
 def _servers_page(fields: dict[str, Any] | None = None, problems: dict[str, str] | None = None,
                   status: int = 200) -> ResponseReturnValue:
     return render("dicomweb_client/servers.html", "dicomweb_client/servers.html", status,
-                  servers=peers.all_servers(settings()), fields=fields or {}, problems=problems or {},
+                  servers=peers.DICOMWEB_SERVERS.all(settings()), fields=fields or {}, problems=problems or {},
                   root=root_of(current_app))
 
 
@@ -97,14 +97,14 @@ def server_add() -> ResponseReturnValue:
     problems = peers.check_server(settings(), fields)
     if problems:
         return _servers_page(fields, problems, 400)
-    peers.save_server(settings(), fields)
+    peers.DICOMWEB_SERVERS.save(settings(), fields)
     return redirect(url_for("dicomweb_client.servers"), code=303)
 
 
 @bp.route("/dicomweb/servers/<name>/edit", methods=["GET", "POST"])
 def server_edit(name: str) -> ResponseReturnValue:
     """Edit a page-managed server (an empty password keeps the stored one)."""
-    server = peers.get_server(settings(), name)
+    server = peers.DICOMWEB_SERVERS.get(settings(), name)
     if server.origin == "config":
         raise DolmenError(f"{name!r} is declared in the configuration file; change it there",
                           code="read_only")
@@ -113,7 +113,7 @@ def server_edit(name: str) -> ResponseReturnValue:
         fields = _fields(request.form)
         problems = peers.check_server(settings(), fields, original=name)
         if not problems:
-            peers.save_server(settings(), fields, original=name)
+            peers.DICOMWEB_SERVERS.save(settings(), fields, original=name)
             return redirect(url_for("dicomweb_client.servers"), code=303)
     else:
         fields = {"name": server.name, "url": server.url, "username": server.username,
@@ -125,14 +125,14 @@ def server_edit(name: str) -> ResponseReturnValue:
 @bp.route("/dicomweb/servers/<name>/delete", methods=["POST"])
 def server_delete(name: str) -> ResponseReturnValue:
     """Remove a page-managed server."""
-    peers.delete_server(settings(), name)
+    peers.DICOMWEB_SERVERS.delete(settings(), name)
     return redirect(url_for("dicomweb_client.servers"), code=303)
 
 
 @bp.route("/dicomweb/servers/<name>/test", methods=["POST"])
 def server_test(name: str) -> ResponseReturnValue:
     """Ask the server for one study (QIDO-RS) and say how it went."""
-    server = peers.get_server(settings(), name)
+    server = peers.DICOMWEB_SERVERS.get(settings(), name)
     start = time.perf_counter()
     try:
         client.qido(server, "study", {}, limit=1)
@@ -148,7 +148,7 @@ def server_test(name: str) -> ResponseReturnValue:
 @bp.route("/dicomweb/servers/<name>/search")
 def search(name: str) -> ResponseReturnValue:
     """Search a remote server with the Query/Retrieve page's filters; drill down and retrieve."""
-    server = peers.get_server(settings(), name)
+    server = peers.DICOMWEB_SERVERS.get(settings(), name)
     args = request.args
     level = args.get("level", "study")
     if level not in LEVELS:
@@ -191,7 +191,7 @@ def _submit(kind: str, server: str, resources: list[Any], description: str) -> i
 @bp.route("/dicomweb/servers/<name>/retrieve", methods=["POST"])
 def retrieve(name: str) -> ResponseReturnValue:
     """Start a WADO-RS retrieve job for one study, series or instance of the search results."""
-    peers.get_server(settings(), name)
+    peers.DICOMWEB_SERVERS.get(settings(), name)
     resource = {k: request.form[k] for k in ("Study", "Series", "Instance") if request.form.get(k)}
     client.resource_path(resource)  # a 400 for a missing or malformed UID
     description = request.form.get("description", "").strip() or " / ".join(resource.values())
@@ -205,7 +205,7 @@ def send() -> ResponseReturnValue:
     level, resource_id = form.get("level", ""), form.get("resource_id", "").strip()
     if level not in ("patient", "study", "series", "instance") or not resource_id:
         abort(400)
-    server = peers.get_server(settings(), form.get("server", ""))
+    server = peers.DICOMWEB_SERVERS.get(settings(), form.get("server", ""))
     resources = client.local_levels([resource_id])  # a 404 now rather than a failed job
     return started(_submit("stow", server.name, [resource_id], transfer.describe(resources)))
 
@@ -222,7 +222,7 @@ def _body() -> dict[str, Any]:
 
 def api_servers() -> ResponseReturnValue:
     """``GET /dicom-web/servers``: the names (``?expand``: with URL, user and origin)."""
-    found = peers.all_servers(settings())
+    found = peers.DICOMWEB_SERVERS.all(settings())
     if "expand" in request.args:
         return jsonify({s.name: {"Url": s.url, "Username": s.username, "HttpHeaders": sorted(s.headers),
                                  "Origin": s.origin} for s in found})
@@ -231,13 +231,13 @@ def api_servers() -> ResponseReturnValue:
 
 def api_server(name: str) -> ResponseReturnValue:
     """``GET /dicom-web/servers/{name}``: the operations, as Orthanc lists them."""
-    peers.get_server(settings(), name)
+    peers.DICOMWEB_SERVERS.get(settings(), name)
     return jsonify(["get", "retrieve", "stow"])
 
 
 def api_get(name: str) -> ResponseReturnValue:
     """``POST .../get`` ``{"Uri": "/studies?...", "HttpHeaders": {}, "Arguments": {}}``: the answer."""
-    server = peers.get_server(settings(), name)
+    server = peers.DICOMWEB_SERVERS.get(settings(), name)
     body = _body()
     uri = body.get("Uri")
     if not isinstance(uri, str) or not uri:
@@ -294,7 +294,7 @@ def _wait(job_id: int) -> Job:
 
 def api_stow(name: str) -> ResponseReturnValue:
     """``POST .../stow`` ``{"Resources": [local ids], "Synchronous": true}``: send through STOW-RS."""
-    peers.get_server(settings(), name)
+    peers.DICOMWEB_SERVERS.get(settings(), name)
     body = _body()
     ids = [str(r) for r in _resources(body)]
     resources = client.local_levels(ids)  # a 404 now rather than a failed job
@@ -303,7 +303,7 @@ def api_stow(name: str) -> ResponseReturnValue:
 
 def api_retrieve(name: str) -> ResponseReturnValue:
     """``POST .../retrieve`` ``{"Resources": [{"Study": uid, "Series": uid, "Instance": uid}]}``."""
-    peers.get_server(settings(), name)
+    peers.DICOMWEB_SERVERS.get(settings(), name)
     body = _body()
     resources = _resources(body)
     for resource in resources:

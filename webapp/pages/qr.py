@@ -42,7 +42,7 @@ FIND_LIMIT = 200
 
 def _context() -> dict[str, Any]:
     svc = services()
-    return {"modalities": peers.all_nodes(svc.settings), "our_aet": svc.settings["dicom.aet"]}
+    return {"modalities": peers.MODALITIES.all(svc.settings), "our_aet": svc.settings["dicom.aet"]}
 
 
 # -- Query/Retrieve -------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def query() -> ResponseReturnValue:
     rows: list[dict[str, Any]] = []
     if name and args.get("run", "1") != "0" and "modality" in args:
         try:
-            node = peers.get_node(settings(), name)
+            node = peers.MODALITIES.get(settings(), name)
             result = services().control.call(
                 "find", modality=node.name, level=DICOM_LEVEL[level], filters=filters, limit=FIND_LIMIT
             )
@@ -171,7 +171,7 @@ def modality_new() -> ResponseReturnValue:
         problems = peers.check_node(settings(), fields)
         if problems:
             return _modality_form(fields, problems, None, 400)
-        peers.save_node(settings(), fields)
+        peers.MODALITIES.save(settings(), fields)
         return redirect(url_for("qr.modalities"), code=303)
     args = request.args
     aet = args.get("aet", "").strip()
@@ -191,7 +191,7 @@ def modality_new() -> ResponseReturnValue:
 @bp.route("/modalities/<name>/edit", methods=["GET", "POST"])
 def modality_edit(name: str) -> ResponseReturnValue:
     """Edit a node added in this page."""
-    node = peers.get_node(settings(), name)
+    node = peers.MODALITIES.get(settings(), name)
     if node.origin == "config":
         raise DolmenError(
             f"{name!r} is declared in the configuration file; change it there", code="read_only"
@@ -201,7 +201,7 @@ def modality_edit(name: str) -> ResponseReturnValue:
         problems = peers.check_node(settings(), fields, original=name)
         if problems:
             return _modality_form(fields, problems, name, 400)
-        peers.save_node(settings(), fields, original=name)
+        peers.MODALITIES.save(settings(), fields, original=name)
         return redirect(url_for("qr.modalities"), code=303)
     fields = {
         "name": node.name,
@@ -218,14 +218,14 @@ def modality_edit(name: str) -> ResponseReturnValue:
 @bp.route("/modalities/<name>/delete", methods=["POST"])
 def modality_delete(name: str) -> ResponseReturnValue:
     """Remove a node added in this page."""
-    peers.delete_node(settings(), name)
+    peers.MODALITIES.delete(settings(), name)
     return redirect(url_for("qr.modalities"), code=303)
 
 
 @bp.route("/modalities/<name>/echo", methods=["POST"])
 def modality_echo(name: str) -> ResponseReturnValue:
     """C-ECHO the node: the round-trip time, or the precise reason it failed."""
-    node = peers.get_node(settings(), name)
+    node = peers.MODALITIES.get(settings(), name)
     try:
         result, error = services().control.call("echo", modality=node.name), ""
     except DolmenError as exc:
@@ -242,7 +242,7 @@ def echo() -> ResponseReturnValue:
 @bp.route("/modalities/<name>/test", methods=["POST"])
 def modality_test(name: str) -> ResponseReturnValue:
     """Two-way connectivity test: C-ECHO, a C-FIND probe, a C-MOVE of one instance to us."""
-    node = peers.get_node(settings(), name)
+    node = peers.MODALITIES.get(settings(), name)
     try:
         steps = services().control.call("connectivity_test", timeout=300, modality=node.name)["steps"]
         error = ""
@@ -258,6 +258,6 @@ def _send_targets() -> dict[str, Any]:
     """``send_targets()`` for the "Send to modality" form that the browse pages include."""
 
     def send_targets() -> list[peers.Node]:
-        return peers.all_nodes(settings())
+        return peers.MODALITIES.all(settings())
 
     return {"send_targets": send_targets}
