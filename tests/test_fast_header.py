@@ -25,10 +25,10 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pydicom.uid import JPEGBaseline8Bit
 
 from dicomnode import demodata
-from dicomnode.archive.ingest import _header
-from dicomnode.archive.ingest import fast_header
-from dicomnode.archive.ingest import read_header
 from dicomnode.errors import RejectedInstance
+from dicomnode.header import _header
+from dicomnode.header import fast_header
+from dicomnode.header import read_header
 from tests.conftest import pydicom_test_files
 
 

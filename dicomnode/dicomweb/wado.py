@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import struct
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -34,12 +33,9 @@ from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
 from dicomnode.archive.store import Store
 from dicomnode.dicomweb.dicomjson import BINARY_VRS
-from dicomnode.dicomweb.dicomjson import BULK_THRESHOLD
-from dicomnode.dicomweb.dicomjson import PIXEL_TAGS
 from dicomnode.dicomweb.dicomjson import dataset_json
 from dicomnode.dicomweb.dicomjson import tag_key
 from dicomnode.dicomweb.multipart import Part
-from dicomnode.dicomweb.negotiate import DEFLATED_LE
 from dicomnode.dicomweb.negotiate import EXPLICIT_BE
 from dicomnode.dicomweb.negotiate import EXPLICIT_LE
 from dicomnode.dicomweb.negotiate import IMPLICIT_LE
@@ -49,49 +45,17 @@ from dicomnode.dicomweb.negotiate import NotAcceptable
 from dicomnode.errors import DolmenError
 from dicomnode.errors import NotFound
 from dicomnode.errors import RenderError
+from dicomnode.header import PixelSource
+from dicomnode.header import open_pixels
 
 LOGGER = logging.getLogger(__name__)
 
 
-@dataclass
-class PixelLocation:
-    """Where the pixel data of a file is: its header, transfer syntax and value position."""
-
-    ds: Dataset
-    transfer_syntax: UID
-    offset: int | None  # file offset of the value; None when not found (deflated file)
-    length: int | None  # None for undefined length (encapsulated)
-    vr: str
-    tag: int
-
-
-def read_header(path: str | os.PathLike[str]) -> tuple[Dataset, PixelLocation | None]:
+def read_header(path: str | os.PathLike[str]) -> tuple[Dataset, PixelSource | None]:
     """The data set of a file up to its pixel data, and where the pixel data is (if any)."""
-    with open(path, "rb") as fp:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=BULK_THRESHOLD * 4)
-        ts = UID(str(ds.file_meta.get("TransferSyntaxUID", IMPLICIT_LE)))
-        if ts == DEFLATED_LE:
-            has = "Rows" in ds
-            return ds, (PixelLocation(ds, ts, None, None, "OW", 0x7FE00010) if has else None)
-        start = fp.tell()
-        head = fp.read(12)
-    if len(head) < 8:
-        return ds, None
-    little = ts != EXPLICIT_BE
-    group, element = struct.unpack("<HH" if little else ">HH", head[:4])
-    tag = (group << 16) | element
-    if tag not in PIXEL_TAGS:
-        return ds, None
-    explicit = ts != IMPLICIT_LE
-    if explicit:
-        vr = head[4:6].decode("ascii", "replace")
-        length = struct.unpack("<I" if little else ">I", head[8:12])[0]
-        offset = start + 12
-    else:
-        vr = "OW"
-        length = struct.unpack("<I", head[4:8])[0]
-        offset = start + 8
-    return ds, PixelLocation(ds, ts, offset, None if length == 0xFFFFFFFF else length, vr, tag)
+    with open_pixels(path) as where:
+        pass  # the offsets stay valid once the file is closed
+    return where.ds, (where if where.pixel_keyword is not None else None)
 
 
 def header_values(path: str | os.PathLike[str], wanted: Sequence[int]) -> Dataset:
@@ -219,7 +183,7 @@ def metadata(store: Store, rows: Iterable[Instance], base: str) -> Iterator[byte
             continue
         doc = dataset_json(ds, uri)
         if pixels is not None:
-            doc[tag_key(pixels.tag)] = {"vr": pixels.vr if pixels.vr in BINARY_VRS else "OW",
+            doc[tag_key(pixels.tag)] = {"vr": pixels.pixel_vr if pixels.pixel_vr in BINARY_VRS else "OW",
                                          "BulkDataURI": f"{uri}/{pixels.tag:08x}"}
         doc.setdefault("00083002", {"vr": "UI", "Value": [row.transfer_syntax_uid]})
         yield (b"" if first else b",") + json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
@@ -278,7 +242,7 @@ def frame_parts(store: Store, row: Instance, numbers: Sequence[int], choice: Cho
         yield Part(f"application/octet-stream; transfer-syntax={EXPLICIT_LE}", _raw_frame(path, where, index))
 
 
-def _bitstream(path: Path, where: PixelLocation, index: int, row: Instance) -> bytes:
+def _bitstream(path: Path, where: PixelSource, index: int, row: Instance) -> bytes:
     ds = where.ds
     extended = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
@@ -294,14 +258,14 @@ def _bitstream(path: Path, where: PixelLocation, index: int, row: Instance) -> b
     return data
 
 
-def _raw_frame(path: Path, where: PixelLocation, index: int) -> bytes:
+def _raw_frame(path: Path, where: PixelSource, index: int) -> bytes:
     """One frame, uncompressed, little endian."""
     ds = where.ds
     native = where.transfer_syntax in (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE)
     bits = int(ds.get("BitsAllocated", 0) or 0)
-    if native and where.offset is not None and where.length is not None and bits in (8, 16, 32, 64):
+    if native and where.offset is not None and where.declared_length is not None and bits in (8, 16, 32, 64):
         size = _frame_size(ds)
-        if (index + 1) * size > where.length:
+        if (index + 1) * size > where.declared_length:
             raise RenderError(f"Frame {index + 1} lies beyond the end of the pixel data")
         with open(path, "rb") as fp:
             fp.seek(where.offset + index * size)
@@ -323,8 +287,8 @@ def pixel_bulk_parts(store: Store, row: Instance, choice: Choice) -> Iterator[Pa
     if where is None:
         raise NotFound("This instance has no pixel data")
     whole = choice.media_type == "application/octet-stream" and where.transfer_syntax in UNCOMPRESSED
-    if whole and where.length is not None and where.offset is not None:
-        yield Part("application/octet-stream", _file_range(path, where.offset, where.length))
+    if whole and where.declared_length is not None and where.offset is not None:
+        yield Part("application/octet-stream", _file_range(path, where.offset, where.declared_length))
         return
     yield from frame_parts(store, row, range(1, int(row.number_of_frames or 1) + 1), choice)
 

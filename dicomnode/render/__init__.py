@@ -43,6 +43,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode.errors import RenderError
+from dicomnode.header import PIXEL_KEYWORDS
+from dicomnode.header import open_pixels
+from dicomnode.header import size_text
 from dicomnode.render.decode import _decode_frame
 from dicomnode.render.decode import configure_decoding
 from dicomnode.render.decode import start_decoding
@@ -54,14 +57,11 @@ from dicomnode.render.pixels import _font
 from dicomnode.render.pixels import _to_image
 from dicomnode.render.pixels import _wrap
 from dicomnode.render.source import _FORMATS
-from dicomnode.render.source import _PIXEL_KEYWORDS
 from dicomnode.render.source import MAX_FRAME_BYTES
 from dicomnode.render.source import _check_pixel_module
 from dicomnode.render.source import _malformed
 from dicomnode.render.source import _no_image_message
 from dicomnode.render.source import _number_of_frames
-from dicomnode.render.source import _open
-from dicomnode.render.source import _size
 
 LOGGER = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def has_pixels(ds: Dataset) -> bool:
         ``True`` when (7FE0,0010) *Pixel Data*, (7FE0,0008) *Float Pixel Data* or
         (7FE0,0009) *Double Float Pixel Data* is present.
     """
-    return any(keyword in ds for keyword in _PIXEL_KEYWORDS)
+    return any(keyword in ds for keyword in PIXEL_KEYWORDS)
 
 
 def frame_count(ds: Dataset) -> int:
@@ -192,7 +192,7 @@ def render(
         raise ValueError(f"JPEG quality must be between 1 and 100 (got {quality})")
 
     start = time.perf_counter()
-    with _open(source) as src, _malformed():
+    with open_pixels(source) as src, _malformed():
         if src.pixel_keyword is None:
             raise RenderError(_no_image_message(src.ds))
         module = _check_pixel_module(src, frame)
@@ -238,7 +238,7 @@ def decode_frame(source: str | os.PathLike[str] | Dataset, *, frame: int = 0) ->
     RenderError
         As :func:`render`.
     """
-    with _open(source) as src, _malformed():
+    with open_pixels(source) as src, _malformed():
         if src.pixel_keyword is None:
             raise RenderError(_no_image_message(src.ds))
         module = _check_pixel_module(src, frame)
@@ -272,7 +272,7 @@ def decompressed(path: str | os.PathLike[str]) -> Dataset:
     RenderError
         When a frame cannot be decoded, or the pixel module is inconsistent or too large.
     """
-    with _open(path) as src, _malformed():
+    with open_pixels(path) as src, _malformed():
         if src.pixel_keyword is None:
             raise RenderError(_no_image_message(src.ds))
         module = _check_pixel_module(src, 0)
@@ -282,7 +282,7 @@ def decompressed(path: str | os.PathLike[str]) -> Dataset:
         if frame_bytes * module.number_of_frames > MAX_DECOMPRESSED_BYTES:
             raise RenderError(
                 f"The pixel data is too large to decompress: {module.number_of_frames} frames of "
-                f"{_size(frame_bytes)}, the limit is {_size(MAX_DECOMPRESSED_BYTES)}"
+                f"{size_text(frame_bytes)}, the limit is {size_text(MAX_DECOMPRESSED_BYTES)}"
             )
         photometric = module.photometric_interpretation
         chunks: list[bytes] = []

@@ -18,9 +18,9 @@ from pydicom.pixels.utils import as_pixel_options
 
 from dicomnode.errors import RenderError
 from dicomnode.errors import first_line
+from dicomnode.header import PixelSource
 from dicomnode.render import decodepool
 from dicomnode.render.source import _PixelModule
-from dicomnode.render.source import _Source
 
 LOGGER = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _decode_pool() -> decodepool.DecodePool | None:
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode_frame(src: _Source, module: _PixelModule, frame: int) -> tuple[npt.NDArray[Any], str]:
+def _decode_frame(src: PixelSource, module: _PixelModule, frame: int) -> tuple[npt.NDArray[Any], str]:
     """Decode one frame; return it with its photometric interpretation after decoding.
 
     pydicom's decoders convert YBR_FULL and YBR_FULL_422 to RGB, and report it,
@@ -163,7 +163,7 @@ def _json_options(options: dict[str, Any]) -> dict[str, Any]:
     return safe
 
 
-def _frame_bytes(src: _Source, module: _PixelModule, frame: int) -> bytes:
+def _frame_bytes(src: PixelSource, module: _PixelModule, frame: int) -> bytes:
     """Return the compressed bytes of one frame of encapsulated pixel data."""
     ds = src.ds
     extended = None

@@ -25,13 +25,13 @@ from pydicom.pixels.processing import convert_color_space
 
 from dicomnode.errors import RenderError
 from dicomnode.errors import first_line as _first_line
+from dicomnode.header import transfer_syntax_of
 from dicomnode.render.source import _AUTO_PERCENTILES
 from dicomnode.render.source import _AUTO_SAMPLE
 from dicomnode.render.source import _MONOCHROME
 from dicomnode.render.source import VOI_FUNCTIONS
 from dicomnode.render.source import _int_value
 from dicomnode.render.source import _PixelModule
-from dicomnode.render.source import _transfer_syntax
 
 LOGGER = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ def _apply_lut(
         if bits <= 8 and len(data) == entries:
             table = np.frombuffer(data, dtype=np.uint8)
         else:
-            order = "<" if _transfer_syntax(ds).is_little_endian else ">"
+            order = "<" if transfer_syntax_of(ds).is_little_endian else ">"
             table = np.frombuffer(data, dtype=f"{order}u2", count=len(data) // 2)
     elif data is None:
         table = np.zeros(0, dtype=np.uint16)

@@ -14,8 +14,8 @@ deleted chunks.
 Targets
 -------
 ``ingest``
-    :func:`dicomnode.archive.ingest.fast_header`, :func:`~dicomnode.archive.ingest.read_header` and
-    :func:`~dicomnode.archive.ingest.read_index_header` on a temporary file; the fast reader must
+    :func:`dicomnode.header.fast_header`, :func:`~dicomnode.header.read_header` and
+    :func:`~dicomnode.header.read_index_header` on a temporary file; the fast reader must
     give the same index values as pydicom's whenever it answers (differential check); one
     input in ``--store-every`` also goes through :class:`~dicomnode.archive.ingest.Ingestor` into a
     temporary store and index, which must keep the crash contract (a stored instance has
@@ -127,14 +127,14 @@ class Harness:
 
     # -- targets
     def ingest(self, data: bytes) -> None:
-        from dicomnode.archive import ingest
+        from dicomnode import header
 
         self.path.write_bytes(data)
         fast = slow = slow_error = None
         with contextlib.suppress(*self.expected):
-            fast = ingest.fast_header(self.path)
+            fast = header.fast_header(self.path)
         try:
-            slow = ingest._header(ingest.read_header(self.path))
+            slow = header._header(header.read_header(self.path))
         except self.expected as exc:
             slow_error = exc
         if fast is not None:
@@ -143,7 +143,7 @@ class Harness:
             if fast != slow:
                 raise Mismatch(f"fast_header and read_header disagree: {_difference(fast, slow)}")
         with contextlib.suppress(*self.expected):
-            ingest.read_index_header(self.path)
+            header.read_index_header(self.path)
         if self.store_every and self.executions % self.store_every == 0:
             self.store(data)
 
