@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -35,11 +36,33 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Ports handed out by free_port in this test process (each at most once).
+_GIVEN_PORTS: set[int] = set()
+#: Below Linux's ephemeral range (ip_local_port_range, 32768-60999 by default): the kernel
+#: never picks these for an outgoing connection or a bind to port 0, so a port found free
+#: here is not taken by a client socket between the check and the server's own bind.
+_PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now, outside the ephemeral range, never given twice.
+
+    Binding to port 0 and closing gave a port from the ephemeral range, which any client
+    socket (a DCMTK tool, an HTTP request) could take before the server under test bound it.
+    """
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        port = rng.randrange(*_PORT_RANGE)
+        if port in _GIVEN_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN_PORTS.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in {_PORT_RANGE} after 200 tries")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:

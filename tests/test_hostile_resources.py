@@ -342,7 +342,7 @@ def test_sigkill_loop_loses_no_acknowledged_instance(short_tmp: Path) -> None:
     from dicomnode.control import ControlClient
 
     wait_for(lambda: ControlClient(data / "run" / "control.sock").call("status"), timeout=30, what="status")
-    time.sleep(0)  # reconciliation runs in the background: poll the index below
+    # Reconciliation runs in the background: poll the index below.
     con = sqlite3.connect(data / "index.db", timeout=30)
 
     def all_indexed() -> bool:

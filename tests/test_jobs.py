@@ -155,11 +155,14 @@ def test_cancel_a_pending_job_and_retry_it(runner: jobs.Runner) -> None:
 def test_concurrency_runs_jobs_side_by_side(runner: jobs.Runner) -> None:
     ids = [jobs.submit("test_concurrent", "", {}) for _ in range(3)]
     wait_for(lambda: len(RUNNING_AT_ONCE) == 2, what="two jobs at once")
-    time.sleep(0.2)  # a third thread would have taken the third job by now
+    # [jobs] concurrency = 2: two runner threads, both held by the gate, so the third waits.
+    workers = [t for t in threading.enumerate() if t.name.startswith("job-runner-")]
+    assert len(workers) == 2
     assert len(RUNNING_AT_ONCE) == 2 and jobs.get(ids[2]).state == jobs.PENDING
     GATE.set()
     for i in ids:
         wait_state(i, jobs.SUCCESS)
+    assert sorted(RUNNING_AT_ONCE) == sorted(ids) and RUNNING_AT_ONCE[2] == ids[2]
 
 
 def test_jobs_give_way_while_the_dicom_server_receives(runner: jobs.Runner, monkeypatch: Any) -> None:
