@@ -47,8 +47,8 @@ def test_readme_has_no_row_for_an_unknown_key() -> None:
 def test_dicomnode_never_imports_flask() -> None:
     code = (
         "import importlib, pkgutil, sys, dicomnode\n"
-        "for m in pkgutil.iter_modules(dicomnode.__path__):\n"
-        "    importlib.import_module('dicomnode.' + m.name)\n"
+        "for m in pkgutil.walk_packages(dicomnode.__path__, 'dicomnode.'):\n"
+        "    importlib.import_module(m.name)\n"
         "bad = [n for n in ('flask', 'werkzeug', 'jinja2') if n in sys.modules]\n"
         "print(bad); sys.exit(1 if bad else 0)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -60,3 +60,38 @@ def test_ci_calls_make_test_only() -> None:
              if ln.strip() and not ln.startswith("#")]
     assert any("make test" in ln for ln in lines)
     assert not any(("pytest" in ln) for ln in lines)
+
+
+def _architecture_rows() -> dict[str, str]:
+    section = README.split("## Architecture", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    return dict(re.findall(r"^\| `([^`]+)`(?:, `[^`]+`)* \| (.*) \|$", section, re.M))
+
+
+def test_the_architecture_table_names_every_package_and_module() -> None:
+    rows = _architecture_rows()
+    problems = []
+    for top in ("dicomnode", "webapp"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if path.name == "__init__.py":
+                continue
+            relative = path.relative_to(ROOT)
+            package = relative.parent.as_posix() + "/"
+            if package in (f"{top}/",) and f"{relative.as_posix()}" in rows:
+                continue  # a top-level module with a row of its own
+            row = rows.get(package)
+            if row is None:
+                problems.append(f"no row for {package}")
+            elif f"`{path.stem}`" not in row:
+                problems.append(f"the {package} row does not name `{path.stem}`")
+    for name in rows:
+        if not (ROOT / name.rstrip("/")).exists():
+            problems.append(f"a row for {name}, which does not exist")
+    assert not problems, problems
+
+
+def test_dicomnode_has_at_most_twelve_top_level_modules() -> None:
+    modules = [p.name for p in (ROOT / "dicomnode").glob("*.py") if p.name != "__init__.py"]
+    assert len(modules) <= 12, modules
+    too_long = {str(p.relative_to(ROOT)): n for top in ("dicomnode", "webapp") for p in (ROOT / top).rglob("*.py")
+                if (n := len(p.read_text(encoding="utf-8").splitlines())) > 800}
+    assert not too_long, too_long
