@@ -64,7 +64,8 @@ class Registry(Generic[P]):
         """Every known peer, the configuration's first, then the page's, by name."""
         peers: dict[str, P] = {c.name: self.from_config(c) for c in self.configured(settings)}
         try:
-            for row in self.model.select().order_by(self.model.name):  # type: ignore[attr-defined]
+            model: Any = self.model
+            for row in model.select().order_by(model.name):
                 peers.setdefault(str(row.name), self.from_row(row))
         except peewee.DatabaseError as exc:  # the index is down: the configuration's still work
             LOGGER.warning("Cannot read page-managed %s: %s", self.plural, exc)
@@ -197,7 +198,7 @@ def access(settings: Settings, calling_aet: str, peer_ip: str, operation: str) -
 
         def addresses(host: str) -> set[str]:
             try:
-                return {info[4][0] for info in socket.getaddrinfo(host, None)}
+                return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
             except OSError:
                 return {host}
 

@@ -429,6 +429,7 @@ def _remote_count(value: Any) -> int | None:
 def presence(level: str, answers: list[dict[str, str]]) -> list[dict[str, Any]]:
     """For each answer, what of it is already here: ``state`` (none, partial, complete, here),
     ``local`` and ``remote`` instance counts, and the local resource's ``public_id``."""
+    model: Any
     if level == "patient":
         key, model, field = "PatientID", Patient, Patient.patient_id
     elif level == "study":

@@ -546,7 +546,7 @@ class DolmenRequestHandler(transport.RequestHandler):
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
-        assoc._dolmen_accepted = time.monotonic()
+        assoc._dolmen_accepted = time.monotonic()  # type: ignore[attr-defined]
         return assoc
 
 
