@@ -38,6 +38,7 @@ from dicomnode.errors import RemoteError
 from dicomnode.peers import Node
 from dicomnode.status import MOVE_DESTINATION_UNKNOWN
 from dicomnode.status import error_code
+from dicomnode.status import is_unable_to_process
 from dicomnode.status import meaning as dimse_meaning
 
 LOGGER = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ def status_message(
         op, op
     )
     text = f"{node.name} answered the {opname} with 0x{code:04X} {meaning}"
-    if op == "move" and (code == MOVE_DESTINATION_UNKNOWN or 0xC000 <= code <= 0xCFFF):
+    if op == "move" and (code == MOVE_DESTINATION_UNKNOWN or is_unable_to_process(code)):
         ours = settings["dicom.aet"] if settings else ""
         dest = destination or ours
         if settings is not None and dest == ours:

@@ -63,6 +63,7 @@ from dicomnode.status import CANCEL
 from dicomnode.status import PENDING_STATUSES
 from dicomnode.status import SUBOPS_WARNING
 from dicomnode.status import SUCCESS
+from dicomnode.status import UNABLE_TO_PERFORM_SUBOPS
 
 LOGGER = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ def _retrieve_loop(
                 break
             continue
         report.status = code
-        if code == 0xA702 and report.failed and not comment:
+        if code == UNABLE_TO_PERFORM_SUBOPS and report.failed and not comment:
             comment = f"all {report.failed} sub-operation(s) failed"
         report.comment = comment
         if code == CANCEL:
