@@ -150,6 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage.overwrite", bool, False, "A second copy of a stored instance replaces the first (else it is kept and reported as already stored).", None),
     Setting("storage.min_free_mb", int, 256, "Refuse new objects when the storage volume has less free space than this, in MiB.", _non_negative),
     Setting("storage.fsync", bool, True, "fsync each file and its folder before acknowledging (turn off only on battery-backed storage).", None),
+    Setting("storage.stable_age", int, 60, "Seconds without a new instance after which a series, study or patient is stable (IsStable, the Stable* changes; Orthanc's StableAge).", _positive),
     Setting("log.level", str, "INFO", "DEBUG, INFO, WARNING or ERROR.", _check_level),
     Setting("dicomweb.root", str, "/dicom-web/", "Path of the DICOMweb service (QIDO-RS, WADO-RS, STOW-RS) and of the DICOMweb client's JSON endpoints.", _check_root),
     Setting("dicomweb.wado_root", str, "/wado", "Path of the WADO-URI service.", _check_root),

@@ -31,6 +31,7 @@ from pydicom.charset import convert_encodings
 from pydicom.charset import decode_bytes
 from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_VR
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -47,6 +48,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pydicom.valuerep import TEXT_VR_DELIMS
 from pydicom.values import convert_value
 
+from dicomnode.archive import maintags
 from dicomnode.errors import RejectedInstance
 from dicomnode.errors import RenderError
 
@@ -185,6 +187,7 @@ def _make_header(get: _Getter, transfer_syntax: str) -> IndexHeader:
         "instance_number": _int(get, "InstanceNumber"),
         "number_of_frames": frames if frames and frames > 0 else 1,
         "transfer_syntax_uid": transfer_syntax,
+        "main_tags": maintags.extract(get),
     }
     return IndexHeader(sop_uid, sop_class, study_uid, series_uid, _text(get, "PatientID"), fields)
 
@@ -241,6 +244,8 @@ _WANTED = {
     0x00200013: "InstanceNumber",
     0x00280008: "NumberOfFrames",
 }
+# Orthanc's main DICOM tags too, for the REST API's MainDicomTags (dicomnode.archive.maintags).
+_WANTED.update({tag_for_keyword(k): k for k in sorted(maintags.ALL_TAGS)})
 _WANTED_VR = {tag: str(dictionary_VR(tag)) for tag in _WANTED}
 _CHARSET = 0x00080005
 _TRANSFER_SYNTAX = 0x00020010

@@ -123,7 +123,17 @@ class Sidecar:
         }
 
     def op_echo(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Control op ``echo``: C-ECHO a modality by name (``{"modality": "pacs"}``)."""
+        """Control op ``echo``: C-ECHO a modality by name (``{"modality": "pacs"}``), or a node not
+        declared (``{"node": {"aet": ..., "host": ..., "port": ...}}``, Orthanc's ``/tools/dicom-echo``)."""
+        node = args.get("node")
+        if isinstance(node, dict):
+            aet, host, port = str(node.get("aet", "")).strip(), str(node.get("host", "")).strip(), node.get("port")
+            problem = config.check_aet(aet)
+            if problem:
+                raise DolmenError(f"AE title: {problem}", code="bad_request")
+            if not host or isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise DolmenError("echo needs a host and a port between 1 and 65535", code="bad_request")
+            return scu.echo(self.settings, peers.Node(f"{aet}@{host}:{port}", aet, host, port, peers.OPERATIONS))
         name = args.get("modality")
         if not isinstance(name, str) or not name:
             raise DolmenError("echo needs a modality name", code="bad_request")

@@ -561,3 +561,80 @@ def _not_found(path: str) -> NotFound:
     if len(path) > _MAX_PATH_IN_MESSAGE:
         path = path[:_MAX_PATH_IN_MESSAGE] + "..."
     return NotFound(f"No element at path {path!r} in this instance.")
+
+
+# -- Orthanc's JSON forms of a data set ---------------------------------------------------------
+
+#: Longer text values are answered ``"TooLong"`` with a null value, as Orthanc does (256 characters).
+ORTHANC_MAX_STRING = 256
+
+_NUMERIC_BINARY_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
+
+
+def _orthanc_value(elem: DataElement) -> tuple[str, Any]:
+    """(Type, Value) of a non-sequence element in Orthanc's full form."""
+    vr = str(elem.VR)
+    if int(elem.tag) in _PIXEL_TAGS or vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW", "US or OW"):
+        return "Null", None
+    value = elem.value
+    if value is None or value == "":
+        return "String", ""
+    if vr == "AT":
+        items = value if _is_multi(value) else [value]
+        text = "\\".join(f"{int(t) >> 16:04x},{int(t) & 0xFFFF:04x}" for t in items)
+    elif vr in ("FL", "FD"):  # DCMTK prints binary floats with 17 significant digits
+        text = "\\".join(format(float(v), ".17g") for v in (value if _is_multi(value) else [value]))
+    elif _is_multi(value):
+        text = "\\".join(_one_value(v) for v in value)
+    elif isinstance(value, (bytes, bytearray)):
+        return "Null", None
+    else:
+        text = _one_value(value)
+    if len(text) > ORTHANC_MAX_STRING:
+        return "TooLong", None
+    return "String", text
+
+
+def orthanc_tags(ds: Dataset, form: str = "full", *, depth: int = 0) -> dict[str, Any]:
+    """The data set as Orthanc's ``/tags`` answers it: ``form`` is full, simplify or short.
+
+    * full: ``{"0010,0010": {"Name": ..., "Type": "String"|"Sequence"|"Null"|"TooLong", "Value": ...}}``
+      (private elements carry ``PrivateCreator``);
+    * simplify: ``{"PatientName": value}``, sequences as lists of such objects;
+    * short: ``{"0010,0010": value}``.
+
+    Binary values (pixel data, OB, OW, UN) are null, as Orthanc answers them by default.
+    """
+    out: dict[str, Any] = {}
+    for tag in _sorted_tags(ds):
+        if depth > _MAX_DEPTH_FOR_JSON:
+            break
+        elem = _element(ds, tag)
+        key = f"{tag.group:04x},{tag.element:04x}"
+        creator = _private_creator(ds, tag)
+        if int(tag) == 0xFFFCFFFC:  # Data Set Trailing Padding: not data
+            continue
+        name = _keyword(tag, creator)
+        if tag.is_private:  # DCMTK's private dictionary writes its names as keywords
+            name = "PrivateCreator" if tag.is_private_creator else (
+                "".join(w[:1].upper() + w[1:] for w in re.split(r"[^0-9A-Za-z]+", name)) or "Unknown Tag & Data")
+        if str(elem.VR) == "SQ":
+            items = [orthanc_tags(item, form, depth=depth + 1) for item in (elem.value or [])]
+            kind, value = "Sequence", items
+        else:
+            kind, value = _orthanc_value(elem)
+        if form == "simplify":
+            out[name if name != "Unknown Tag & Data" else key] = value
+        elif form == "short":
+            out[key] = value
+        else:
+            entry: dict[str, Any] = {"Name": name}
+            if creator is not None:
+                entry["PrivateCreator"] = creator
+            entry["Type"] = kind
+            entry["Value"] = value
+            out[key] = entry
+    return out
+
+
+_MAX_DEPTH_FOR_JSON = 32

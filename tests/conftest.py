@@ -146,6 +146,24 @@ def make_config(short_tmp: Path) -> Callable[..., Path]:
     return make
 
 
+#: What a browser's navigation sends, and what makes Dolmen answer a page on a path it shares
+#: with Orthanc's REST API (webapp.errors.is_browser).
+BROWSER = {"Sec-Fetch-Dest": "document"}
+
+
+def _as(program: bool, kw: dict[str, Any]) -> dict[str, Any]:
+    if not program:
+        kw["headers"] = {**BROWSER, **(kw.get("headers") or {})}
+    return kw
+
+
+def browser_client(app: Any) -> Any:
+    """A Flask test client that navigates as a browser does."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_SEC_FETCH_DEST"] = "document"
+    return test_client
+
+
 @dataclass
 class DolmenProcess:
     """A running ``dolmen serve``."""
@@ -163,11 +181,12 @@ class DolmenProcess:
     def control_socket(self) -> Path:
         return self.data / "run" / "control.sock"
 
-    def get(self, path: str, **kw: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=30, **kw)
+    def get(self, path: str, *, program: bool = False, **kw: Any) -> requests.Response:
+        """GET as a browser navigation (pages answer), or with ``program=True`` as a script."""
+        return requests.get(self.url + path, timeout=30, **_as(program, kw))
 
-    def post(self, path: str, **kw: Any) -> requests.Response:
-        return requests.post(self.url + path, timeout=120, **kw)
+    def post(self, path: str, *, program: bool = False, **kw: Any) -> requests.Response:
+        return requests.post(self.url + path, timeout=120, **_as(program, kw))
 
     def status(self) -> dict[str, Any]:
         from dicomnode.control import ControlClient
@@ -406,6 +425,13 @@ def app(short_tmp: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def client(app: Any) -> Any:
+    """A browser: every request is a navigation (``Sec-Fetch-Dest: document``), so pages answer."""
+    return browser_client(app)
+
+
+@pytest.fixture
+def api(app: Any) -> Any:
+    """A program (no browser headers): Orthanc's REST API answers on the shared paths."""
     return app.test_client()
 
 

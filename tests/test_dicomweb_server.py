@@ -21,6 +21,8 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode import demodata
+from tests.conftest import BROWSER
+from tests.conftest import browser_client
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
 RLE_2FRAMES = PYDICOM_FILES / "SC_rgb_rle_2frame.dcm"
@@ -73,7 +75,7 @@ def test_stow_then_find_in_studies(client: DICOMwebClient, datasets: list[pydico
     from bs4 import BeautifulSoup
 
     page = BeautifulSoup(client._session.get(client.base_url.rsplit("/dicom-web", 1)[0] + "/studies",
-                                             params={"pid": f"PAT{FIRST_PATIENT:05d}"}).text, "html.parser")
+                                             params={"pid": f"PAT{FIRST_PATIENT:05d}"}, headers=BROWSER).text, "html.parser")
     rows = page.select("tr[data-href]")
     assert len(rows) == 1 and f"PAT{FIRST_PATIENT:05d}" in rows[0].get_text()
 
@@ -435,7 +437,7 @@ def test_roots_are_configurable(short_tmp: Path, datasets: list[pydicom.Dataset]
 
     app = _app(short_tmp, dicomweb={"root": "/dw/", "wado_root": "/legacy/wado"})
     try:
-        web = app.test_client()
+        web = browser_client(app)
         body, headers = _multipart([_bytes(d) for d in datasets[:2]])
         r = web.post("/dw/studies", data=body, headers=headers)
         assert r.status_code == 200
@@ -459,7 +461,7 @@ def test_retrieve_streams_in_constant_memory(short_tmp: Path) -> None:
 
     app = _app(short_tmp)
     try:
-        web = app.test_client()
+        web = browser_client(app)
         sets = [demodata.make_instance(FIRST_PATIENT + 7, 0, 0, i, size=1024) for i in range(12)]  # 2 MB each
         for ds in sets:
             body, headers = _multipart([_bytes(ds)])
@@ -492,7 +494,7 @@ def test_basic_auth_protects_dicomweb(short_tmp: Path) -> None:
 
     app = _app(short_tmp, http={"users": {"alice": generate_password_hash("secret")}})
     try:
-        web = app.test_client()
+        web = browser_client(app)
         assert web.get("/dicom-web/studies").status_code == 401
         token = base64.b64encode(b"alice:secret").decode()
         r = web.get("/dicom-web/studies", headers={"Authorization": f"Basic {token}"})

@@ -39,6 +39,8 @@ from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Job
 from dicomnode.archive.index import Modality
 from dicomnode.archive.ingest import Source
+from tests.conftest import BROWSER
+from tests.conftest import browser_client
 from tests.conftest import free_port
 from tests.conftest import make_config_doc
 from tests.hostile import Survival
@@ -203,7 +205,7 @@ GET_QUERIES = {
 
 def test_stored_xss_is_shown_as_text_on_every_page_and_fragment(hostile_app: Any) -> None:
     app, ids = hostile_app
-    client = app.test_client()
+    client = browser_client(app)
     seen_payload = set()
     checked = 0
     for rule in rules(app):
@@ -254,7 +256,7 @@ TRAVERSALS = ["../../../../etc/passwd", "..%2f..%2f..%2fetc%2fpasswd", "%2e%2e%2
 
 def test_path_traversal_in_every_route_argument(hostile_app: Any) -> None:
     app, ids = hostile_app
-    client = app.test_client()
+    client = browser_client(app)
     root = Path(app.config["DOLMEN"].storage_path).resolve()
     before = {p for p in root.parent.rglob("*")}
     tried = 0
@@ -301,7 +303,7 @@ UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 def test_no_state_change_by_get_and_every_unsafe_route_refuses_other_origins(hostile_app: Any) -> None:
     app, ids = hostile_app
-    client = app.test_client()
+    client = browser_client(app)
     # Jobs and associations pages may create nothing; a GET must change nothing anywhere.
     before = _state(app)
     for rule in rules(app):
@@ -349,7 +351,7 @@ OPEN = {"auth.login", "static"}
 
 def test_every_route_but_login_and_static_needs_a_user(locked_app: Any) -> None:
     app, ids = locked_app
-    client = app.test_client()
+    client = browser_client(app)
     before = _state(app)
     checked = 0
     for number, rule in enumerate(rules(app)):
@@ -650,7 +652,7 @@ def test_query_results_from_a_hostile_remote_are_shown_as_text(server: Any) -> N
                 assert response.status_code == 200, response.text[:300]
                 page = check_html(_Wrapped(response), f"/query {level} {headers}")
                 assert XSS in page.get_text(" "), f"{level}: the answers were not shown"
-        response = requests.get(server.url + "/modalities", timeout=30)
+        response = requests.get(server.url + "/modalities", timeout=30, headers=BROWSER)
         assert XSS_ATTR in check_html(_Wrapped(response), "/modalities").get_text(" ")
     finally:
         scp.shutdown()

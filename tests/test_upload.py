@@ -16,6 +16,7 @@ from bs4 import BeautifulSoup
 from dicomnode import config
 from dicomnode.archive import index
 from dicomnode.archive.index import Instance
+from tests.conftest import browser_client
 from tests.conftest import make_config_doc
 from webapp import create_app
 from webapp.services import services
@@ -159,7 +160,7 @@ def capped(short_tmp: Path) -> Iterator[Any]:
 
 
 def test_zip_caps(capped: Any, demo_files: list[Path]) -> None:
-    client = capped.test_client()
+    client = browser_client(capped)
     many = make_zip([(f"{n}.dcm", demo_files[n].read_bytes()) for n in range(4)])
     got = results(client.post("/upload", data=files(("many.zip", many)), content_type="multipart/form-data"))
     assert got == [("many.zip", "rejected", got[0][2])]

@@ -125,6 +125,8 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
 
         # Nothing here decodes a compressed request body: refuse one rather than take a gzip
         # stream (a bomb, perhaps) for the DICOM or form data it claims to carry.
+        if request.path.rstrip("/") == "/instances" and request.method == "POST":
+            return  # Orthanc's upload: takes raw DICOM, ZIP and gzip, with its own caps (webapp.api.rest)
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in ("", "identity"):
             raise UnsupportedMediaType(f"Content-Encoding {encoding[:32]!r} is not accepted: send the body "
@@ -135,6 +137,10 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
         if request.mimetype in ("application/x-www-form-urlencoded", "application/json") or (
                 request.mimetype.startswith("text/")):
             request.max_content_length = app.config["MAX_FORM_MEMORY_SIZE"]
+
+    from webapp.api import rest
+
+    rest.init_app(app)  # after the login and cross-site checks, and the body limits
 
     @app.after_request
     def _headers(response: Any) -> Any:

@@ -30,6 +30,7 @@ from peewee import FloatField
 from peewee import ForeignKeyField
 from peewee import IntegerField
 from peewee import Model
+from peewee import SQL
 from peewee import TextField
 
 from dicomnode.errors import DolmenError
@@ -69,6 +70,8 @@ class Patient(BaseModel):
     size = BigIntegerField(default=0)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    main_tags = TextField(default="", constraints=[SQL("DEFAULT ''")])  # JSON: Orthanc's main DICOM tags of the level (dicomnode.archive.maintags)
+    stable = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])  # a Stable* change was logged since the last new instance
 
 
 class Study(BaseModel):
@@ -91,6 +94,8 @@ class Study(BaseModel):
     size = BigIntegerField(default=0)
     created_at = DateTimeField(default=utcnow, index=True)
     updated_at = DateTimeField(default=utcnow)
+    main_tags = TextField(default="", constraints=[SQL("DEFAULT ''")])
+    stable = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])
 
     class Meta:
         # The study list's default order (newest first) read from an index alone, so a deep
@@ -115,6 +120,8 @@ class Series(BaseModel):
     size = BigIntegerField(default=0)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    main_tags = TextField(default="", constraints=[SQL("DEFAULT ''")])
+    stable = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])
 
 
 class Instance(BaseModel):
@@ -135,6 +142,7 @@ class Instance(BaseModel):
     sender_aet = CharField(default="")
     sender_ip = CharField(default="")
     called_aet = CharField(default="")
+    main_tags = TextField(default="", constraints=[SQL("DEFAULT ''")])
 
 
 class Modality(BaseModel):
@@ -200,8 +208,36 @@ class DicomwebServer(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
+class Change(BaseModel):
+    """One entry of Orthanc's change log (``GET /changes``): NewInstance ... StableStudy, Deleted."""
+
+    seq = AutoField()
+    change_type = CharField()
+    resource_type = CharField()  # Patient | Study | Series | Instance
+    public_id = CharField(max_length=44)
+    at = DateTimeField(default=utcnow)
+
+
+class Label(BaseModel):
+    """A label on a patient, study, series or instance (Orthanc 1.12's labels).
+
+    One foreign key per level, so that deleting the resource (or a parent) deletes its labels.
+    """
+
+    pk = AutoField()
+    label = CharField(max_length=64, index=True)
+    level = CharField()  # Patient | Study | Series | Instance
+    patient = ForeignKeyField(Patient, null=True, column_name="patient_pk", on_delete="CASCADE")
+    study = ForeignKeyField(Study, null=True, column_name="study_pk", on_delete="CASCADE")
+    series = ForeignKeyField(Series, null=True, column_name="series_pk", on_delete="CASCADE")
+    instance = ForeignKeyField(Instance, null=True, column_name="instance_pk", on_delete="CASCADE")
+
+    class Meta:
+        indexes = ((("level", "patient", "study", "series", "instance", "label"), True),)
+
+
 MODELS: tuple[type[BaseModel], ...] = (Patient, Study, Series, Instance, Modality, Job, AssociationEvent,
-                                       DicomwebServer)
+                                       DicomwebServer, Change, Label)
 
 
 class IndexUnavailable(DolmenError):
@@ -308,9 +344,38 @@ def open_index(url: str, *, synchronous_full: bool = True, create: bool = True) 
         if create:
             with _WRITE_LOCK:
                 database.create_tables(MODELS, safe=True)
+                _add_missing_columns(database)
     except peewee.OperationalError as exc:
         raise IndexUnavailable(f"The index at {url} cannot be opened: {exc}") from exc
     return database
+
+
+def _add_missing_columns(database: peewee.Database) -> None:
+    """Add the columns a newer Dolmen declares to the tables of an older index (new columns only).
+
+    Plain ``ALTER TABLE ... ADD COLUMN ... NOT NULL DEFAULT``: peewee's migrator rebuilds a
+    SQLite table to make a column NOT NULL, and dropping the old table would cascade to its
+    children. Two processes may open an old index at once: a column the other added is fine.
+    """
+    ddl = {TextField: "TEXT NOT NULL DEFAULT ''", CharField: "VARCHAR(255) NOT NULL DEFAULT ''",
+           BooleanField: "BOOLEAN NOT NULL DEFAULT FALSE", IntegerField: "INTEGER NOT NULL DEFAULT 0"}
+    for model in MODELS:
+        table = model._meta.table_name
+        present = {c.name for c in database.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name in present:
+                continue
+            kind = ddl.get(type(field))
+            if kind is None:
+                raise IndexUnavailable(f"The index lacks {table}.{field.column_name} and it cannot be added "
+                                       "in place: export the archive and re-import it")
+            LOGGER.info("Adding the column %s.%s to the index", table, field.column_name)
+            try:
+                with database.atomic():
+                    database.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{field.column_name}" {kind}')
+            except (peewee.OperationalError, peewee.ProgrammingError) as exc:
+                if "duplicate" not in str(exc).lower() and "already exists" not in str(exc).lower():
+                    raise
 
 
 @contextlib.contextmanager

@@ -264,16 +264,19 @@ class Ingestor:
             (seid,)).fetchone()
         new_series = new_study = new_patient = False
         if row is None:
+            main = f["main_tags"]
             patient, new_patient = Patient.get_or_create(public_id=pid, defaults={
+                "main_tags": main["Patient"],
                 "patient_id": head.patient_id, "patient_name": f["patient_name"],
                 "patient_name_key": f["patient_name_key"],
                 "patient_birth_date": f["patient_birth_date"], "patient_sex": f["patient_sex"]})
             study, new_study = Study.get_or_create(public_id=stid, defaults={
-                "patient": patient, "study_instance_uid": head.study_instance_uid,
+                "patient": patient, "study_instance_uid": head.study_instance_uid, "main_tags": main["Study"],
                 **{k: f[k] for k in ("study_date", "study_time", "study_description",
                                      "accession_number", "study_id", "referring_physician_name")}})
             series = Series.create(
                 public_id=seid, study=study, series_instance_uid=head.series_instance_uid,
+                main_tags=main["Series"],
                 **{k: f[k] for k in ("modality", "series_number", "series_description",
                                      "body_part_examined", "series_date", "series_time")})
             new_series = True
@@ -282,14 +285,26 @@ class Ingestor:
         database.execute_sql(
             "INSERT INTO instance (public_id, series_pk, sop_instance_uid, sop_class_uid, "
             "instance_number, number_of_frames, transfer_syntax_uid, file_size, path, received_at, "
-            "origin, sender_aet, sender_ip, called_aet) VALUES "
-            f"({', '.join([p] * 14)})",
+            "origin, sender_aet, sender_ip, called_aet, main_tags) VALUES "
+            f"({', '.join([p] * 15)})",
             (inid, series_pk, head.sop_instance_uid, head.sop_class_uid, f["instance_number"],
              f["number_of_frames"], f["transfer_syntax_uid"], size, rel, now, source.origin,
-             source.aet[:64], source.ip[:64], source.called_aet[:64]))
+             source.aet[:64], source.ip[:64], source.called_aet[:64], f["main_tags"]["Instance"]))
+        # Orthanc's change log, in Orthanc's order: the instance, then what it created.
+        changes = [("NewInstance", "Instance", inid)]
+        if new_series:
+            changes.append(("NewSeries", "Series", seid))
+        if new_study:
+            changes.append(("NewStudy", "Study", stid))
+        if new_patient:
+            changes.append(("NewPatient", "Patient", pid))
+        for change in changes:
+            database.execute_sql(
+                f"INSERT INTO change (change_type, resource_type, public_id, at) VALUES ({p}, {p}, {p}, {p})",
+                (*change, now))
         database.execute_sql(
-            f"UPDATE series SET num_instances = num_instances + 1, size = size + {p}, updated_at = {p} "
-            f"WHERE pk = {p}", (size, now, series_pk))
+            f"UPDATE series SET num_instances = num_instances + 1, size = size + {p}, updated_at = {p}, stable = {p} "
+            f"WHERE pk = {p}", (size, now, False, series_pk))
         mods = set(filter(None, (modalities or "").split("\\")))
         if f["modality"]:
             mods.add(f["modality"])
@@ -298,12 +313,12 @@ class Ingestor:
         database.execute_sql(
             f"UPDATE study SET num_instances = num_instances + 1, size = size + {p}, "
             f"num_series = num_series + {p}, updated_at = {p}, modalities_in_study = {p}, "
-            f"sop_classes_in_study = {p} WHERE pk = {p}",
-            (size, int(new_series), now, "\\".join(sorted(mods)), "\\".join(sorted(class_set)), study_pk))
+            f"sop_classes_in_study = {p}, stable = {p} WHERE pk = {p}",
+            (size, int(new_series), now, "\\".join(sorted(mods)), "\\".join(sorted(class_set)), False, study_pk))
         database.execute_sql(
             f"UPDATE patient SET num_instances = num_instances + 1, size = size + {p}, "
-            f"num_series = num_series + {p}, num_studies = num_studies + {p}, updated_at = {p} "
-            f"WHERE pk = {p}", (size, int(new_series), int(new_study), now, patient_pk))
+            f"num_series = num_series + {p}, num_studies = num_studies + {p}, updated_at = {p}, stable = {p} "
+            f"WHERE pk = {p}", (size, int(new_series), int(new_study), now, False, patient_pk))
 
 
 def _existing(sop_instance_uid: str) -> tuple[int, str, str] | None:

@@ -129,7 +129,17 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _wildcard(field: Any, pattern: str, fold: bool) -> Expression:
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "[]" else c for c in text)
+
+
+def _wildcard(field: Any, pattern: str, fold: bool, exact_case: bool = False) -> Expression:
+    from dicomnode.archive.index import db
+
+    if exact_case and isinstance(db.obj, peewee.SqliteDatabase):
+        # SQLite's LIKE ignores the case of ASCII letters; GLOB does not (and * and ? are its own).
+        # Used where case was asked for (person names with case_sensitive_pn, CaseSensitive).
+        return peewee.NodeList((field, peewee.SQL("GLOB"), _glob_escape(pattern)))  # type: ignore[return-value]
     like = _like_escape(pattern).replace("*", "%").replace("?", "_")
     target = fn.UPPER(field) if fold else field
     value = like.upper() if fold else like
@@ -250,7 +260,7 @@ def condition(attr: Attr, value: Any, *, case_sensitive_pn: bool = False) -> Exp
         fold = False  # the key column is already upper-cased
         text = text.upper()
     if "*" in text or "?" in text:
-        return _wildcard(field, text, fold)
+        return _wildcard(field, text, fold, exact_case=attr.vr == "PN" and case_sensitive_pn)
     if "\\" in text and attr.vr == "CS":
         return field.in_(text.split("\\"))
     if fold:

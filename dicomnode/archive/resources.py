@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicomnode.archive import changes
 from dicomnode.archive import query
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
@@ -57,6 +58,8 @@ SERIES = "series"
 INSTANCE = "instance"
 LEVELS = (PATIENT, STUDY, SERIES, INSTANCE)
 MODELS: dict[str, Any] = {PATIENT: Patient, STUDY: Study, SERIES: Series, INSTANCE: Instance}
+#: The level's name in Orthanc's REST API ("ResourceType").
+_RESOURCE_TYPE = {PATIENT: "Patient", STUDY: "Study", SERIES: "Series", INSTANCE: "Instance"}
 
 #: An Orthanc identifier: a SHA-1 in five dash-separated groups of eight hex digits.
 PUBLIC_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
@@ -309,11 +312,15 @@ def delete(store: Store, level: str, public_id: str, *, cache: ThumbnailCache | 
             # A resource without instances (nothing to prune it) goes too; rows below cascade.
             model.delete().where(model.pk == row.pk).execute()
         parent_level, parent_id = None, None
+        gone = [(level, public_id)]
         for candidate_level, candidate in chain:
             model = MODELS[candidate_level]
             if model.select().where(model.pk == candidate.pk).exists():
                 parent_level, parent_id = candidate_level, candidate.public_id
                 break
+            gone.append((candidate_level, candidate.public_id))
+        for gone_level, gone_id in gone:
+            changes.log_deleted(_RESOURCE_TYPE[gone_level], [gone_id])
     for rel in removed.paths:
         try:
             store.delete(rel)

@@ -58,6 +58,8 @@ def init_app(app: Flask) -> None:
             return None
         if current_user():
             return None
+        # A program gets the challenge, never the login page: clients such as httplib2 send
+        # their credentials only after a 401 with WWW-Authenticate.
         if wants_json() or request.authorization or request.headers.get("HX-Request"):
             return Response('{"error": {"status": 401, "code": "unauthorized", "message": '
                             '"Log in: send HTTP Basic credentials of a user of [http.users]"}}',

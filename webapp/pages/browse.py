@@ -15,13 +15,10 @@ from typing import Any
 
 import pydicom
 from flask import Blueprint
-from flask import Response
 from flask import flash
-from flask import make_response
 from flask import redirect
 from flask import render_template
 from flask import request
-from flask import send_file
 from flask import url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import MultiDict
@@ -33,16 +30,11 @@ from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
-from dicomnode.archive.zipstream import archive_name
-from dicomnode.archive.zipstream import stream_zip
 from dicomnode.errors import DolmenError
-from dicomnode.errors import NotFound
-from dicomnode.errors import RenderError
 from dicomnode.render import PRESET_LABELS
 from dicomnode.render import WINDOW_PRESETS
-from dicomnode.render import Window
 from dicomnode.render import placeholder
-from dicomnode.render import render as render_image
+from webapp import files
 from webapp import htmx
 from webapp.present import dicom_date
 from webapp.present import person
@@ -287,49 +279,13 @@ def _viewer(row: Instance, series_row: Series) -> dict[str, Any]:
 # -- images and downloads ----------------------------------------------------------------------
 
 
-def _window_arg() -> Window | None:
-    """``window=ct-lung`` (a preset) or ``window=40,400`` (center,width); empty: the file's own."""
-    raw = request.args.get("window", "").strip()
-    if not raw:
-        return None
-    if raw in WINDOW_PRESETS:
-        return WINDOW_PRESETS[raw]
-    try:
-        center, width = (float(v) for v in raw.split(","))
-        return Window(center, width)
-    except ValueError:
-        raise DolmenError(f"Unknown window {raw[:40]!r}: use one of {', '.join(WINDOW_PRESETS)} "
-                          "or CENTER,WIDTH", code="bad_request") from None
-
-
-def _image_response(data: bytes, etag: str) -> ResponseReturnValue:
-    response = make_response(data)
-    response.mimetype = "image/png"
-    response.headers["Cache-Control"] = "private, max-age=3600"
-    response.set_etag(etag)
-    return response.make_conditional(request)
-
-
 @bp.route("/instances/<public_id>/preview.png")
 def preview(public_id: str) -> ResponseReturnValue:
     """The rendered PNG of one frame (``frame`` from 1, ``window``, ``size`` bounds the longer side).
 
     An instance that cannot be rendered gets a placeholder image that says why.
     """
-    row = resources.get("instance", public_id)
-    frame = _int_arg("frame", 1)
-    window = _window_arg()
-    size = request.args.get("size", "")
-    max_size = min(max(int(size), 16), 8192) if size.isdigit() else None
-    path = services().store.path(row.path)
-    if not path.exists():
-        raise NotFound(f"The file of instance {public_id} is missing from the store")
-    try:
-        data = render_image(path, frame=frame - 1, window=window, max_size=max_size)
-    except RenderError as exc:
-        data = placeholder(exc.message, size=min(max_size or 512, 512))
-    etag = f"{path.stem}-{frame}-{request.args.get('window', '')}-{max_size}"
-    return _image_response(data, etag)
+    return files.preview_response(resources.get("instance", public_id), _int_arg("frame", 1))
 
 
 @bp.route("/instances/<public_id>/thumbnail.png")
@@ -337,58 +293,25 @@ def thumbnail(public_id: str) -> ResponseReturnValue:
     """A small PNG of the first frame, rendered once and then served from the cache."""
     row = resources.get("instance", public_id)
     data = _thumbnails().get(services().store, row, size=THUMBNAIL_SIZE)
-    return _image_response(data, f"t-{row.path.rsplit('/', 1)[-1]}")
+    return files.image_response(data, f"t-{row.path.rsplit('/', 1)[-1]}")
 
 
 @bp.route("/instances/<public_id>/file")
 def instance_file(public_id: str) -> ResponseReturnValue:
     """The stored DICOM file, as an attachment."""
-    row = resources.get("instance", public_id)
-    path = services().store.path(row.path)
-    if not path.exists():
-        raise NotFound(f"The file of instance {public_id} is missing from the store")
-    response = send_file(path, mimetype="application/dicom", as_attachment=True,
-                         download_name=f"{public_id}.dcm", conditional=True)
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
+    return files.file_response(resources.get("instance", public_id))
 
 
 @bp.route("/instances/<public_id>/pdf")
 def instance_pdf(public_id: str) -> ResponseReturnValue:
     """The PDF inside an Encapsulated PDF instance (0042,0011) *Encapsulated Document*."""
-    row = resources.get("instance", public_id)
-    ds = pydicom.dcmread(services().store.path(row.path))
-    data = ds.get("EncapsulatedDocument")
-    mime = str(ds.get("MIMETypeOfEncapsulatedDocument", "") or "")
-    if not isinstance(data, bytes) or (mime and mime != "application/pdf"):
-        raise NotFound("This instance holds no encapsulated PDF")
-    end = data.rfind(b"%%EOF")
-    if end >= 0:  # drop the padding after the end marker (the value has an even length)
-        data = data[:end + 5]
-    response = make_response(data)
-    response.mimetype = "application/pdf"
-    response.headers.set("Content-Disposition", "inline", filename=f"{public_id}.pdf")
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
+    return files.pdf_response(resources.get("instance", public_id))
 
 
 @bp.route("/instances/<public_id>/tags/<path:tag_path>")
 def tag_value(public_id: str, tag_path: str) -> ResponseReturnValue:
     """The value of one element (a long text or binary value the tag table shows by length)."""
-    row = resources.get("instance", public_id)
-    try:
-        ds = pydicom.dcmread(services().store.path(row.path))
-    except FileNotFoundError:
-        raise NotFound(f"The file of instance {public_id} is missing from the store") from None
-    elem = tags.element_at(ds, tag_path)
-    data = tags.value_bytes(elem)
-    binary = elem.VR in tags.BINARY_VRS or elem.VR in ("OB or OW", "US or OW")
-    name = f"{public_id}-{tag_path.replace('/', '-')}.{'bin' if binary else 'txt'}"
-    response = make_response(data)
-    response.mimetype = "application/octet-stream" if binary else "text/plain"
-    response.headers.set("Content-Disposition", "attachment", filename=name)
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
+    return files.element_response(resources.get("instance", public_id), tag_path, attachment=True)
 
 
 @bp.route("/patients/<public_id>/archive", defaults={"level": "patient"})
@@ -396,31 +319,7 @@ def tag_value(public_id: str, tag_path: str) -> ResponseReturnValue:
 @bp.route("/series/<public_id>/archive", defaults={"level": "series"})
 def archive(level: str, public_id: str) -> ResponseReturnValue:
     """A ZIP of every file of a patient, study or series, streamed as it is read."""
-    row = resources.get(level, public_id)
-    store = services().store
-    rows = resources.archive_rows(level, row)
-    # The names are read once, up front: the download then holds one file open at a time and no
-    # database connection while the client reads.
-    entries = []
-    for name, pid, st_date, st_desc, se_number, modality, se_desc, number, pk, path in rows:
-        series_label = f"SE{'' if se_number is None else se_number} {modality} {se_desc}".strip()
-        entries.append((archive_name(f"{name} {pid}".strip(), f"{st_date} {st_desc}".strip(), series_label,
-                                     f"IM{pk if number is None else number:05}.dcm"),
-                        store.path(path)))
-    label = _archive_label(level, row)
-    response = Response(stream_zip(entries), mimetype="application/zip")
-    response.headers.set("Content-Disposition", "attachment", filename=f"{label}.zip")
-    return response
-
-
-def _archive_label(level: str, row: Any) -> str:
-    if level == "patient":
-        text = f"{row.patient_id} {row.patient_name}"
-    elif level == "study":
-        text = f"{row.patient.patient_id} {row.study_date} {row.study_description}"
-    else:
-        text = f"{row.study.patient.patient_id} {row.modality} {row.series_description}"
-    return archive_name(text.strip() or row.public_id)
+    return files.archive_response([(level, resources.get(level, public_id))])
 
 
 # -- deleting ----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from dicomnode.archive.unzip import ZipLimits
 from dicomnode.archive.unzip import ingest_zip
 from dicomnode.archive.unzip import is_zip
 from webapp import htmx
-from webapp.errors import wants_json
+from webapp.errors import prefers_json
 from webapp.services import services
 from webapp.services import settings
 
@@ -59,7 +59,7 @@ def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 def _page(rows: list[dict[str, Any]], http_status: int = 200,
           error: str | None = None) -> ResponseReturnValue:
     counts = _counts(rows)
-    if wants_json():
+    if prefers_json():
         response = jsonify({"files": rows, **counts, "error": error})
         response.status_code = http_status
         return response
