@@ -581,7 +581,8 @@ def _orthanc_value(elem: DataElement) -> tuple[str, Any]:
         return "String", ""
     if vr == "AT":
         items = value if _is_multi(value) else [value]
-        text = "\\".join(f"{int(t) >> 16:04x},{int(t) & 0xFFFF:04x}" for t in items)
+        # DCMTK (so Orthanc) prints the first tag of a multi-valued AT only.
+        text = f"{int(items[0]) >> 16:04x},{int(items[0]) & 0xFFFF:04x}" if len(items) else ""
     elif vr in ("FL", "FD"):  # DCMTK prints binary floats with 17 significant digits
         text = "\\".join(format(float(v), ".17g") for v in (value if _is_multi(value) else [value]))
     elif _is_multi(value):

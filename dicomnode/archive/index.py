@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import peewee
+from peewee import SQL
 from peewee import AutoField
 from peewee import BigIntegerField
 from peewee import BooleanField
@@ -30,7 +31,6 @@ from peewee import FloatField
 from peewee import ForeignKeyField
 from peewee import IntegerField
 from peewee import Model
-from peewee import SQL
 from peewee import TextField
 
 from dicomnode.errors import DolmenError

@@ -31,6 +31,9 @@ INSTANCE_TAGS = ("InstanceCreationDate", "InstanceCreationTime", "AcquisitionNum
 BY_LEVEL: dict[str, tuple[str, ...]] = {
     "Patient": PATIENT_TAGS, "Study": STUDY_TAGS, "Series": SERIES_TAGS, "Instance": INSTANCE_TAGS}
 
+#: Longest main tag value Orthanc indexes (ORTHANC_MAXIMUM_TAG_LENGTH).
+MAX_LENGTH = 256
+
 ALL_TAGS: frozenset[str] = frozenset(t for tags in BY_LEVEL.values() for t in tags)
 
 
@@ -56,7 +59,9 @@ def extract(get: Callable[[str], Any]) -> dict[str, str]:
             except Exception:  # an undecodable value is left out, as it cannot be shown anyway
                 continue
             if value is not None:
-                tags[keyword] = as_text(value)
+                text = as_text(value)
+                if len(text) <= MAX_LENGTH:  # Orthanc leaves longer values out of its index
+                    tags[keyword] = text
         out[level] = json.dumps(tags, ensure_ascii=False, separators=(",", ":"))
     return out
 

@@ -288,7 +288,7 @@ def instance_rows(resource_type: str, row: Any) -> list[Instance]:
 
 _FIND_KEYS = {"Level", "Query", "Expand", "Limit", "Since", "CaseSensitive", "RequestedTags", "Labels",
               "LabelsConstraint", "Full", "Short", "Simplify", "ResponseContent", "ParentPatient", "ParentStudy",
-              "ParentSeries"}
+              "ParentSeries", "OrderBy"}
 _TAG_KEY = re.compile(r"([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})")
 
 
@@ -304,7 +304,7 @@ def _keyword(key: str) -> str:
 
 
 def _int_option(body: dict[str, Any], name: str) -> int:
-    value = body.get(name, 0)
+    value = body.get(name) or 0
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{name} must be a non-negative integer, not {value!r}"[:120])
     if value < 0:
@@ -391,7 +391,7 @@ def find(body: Any, *, case_sensitive_pn: bool = False) -> tuple[str, list[Any],
             if not isinstance(body[parent_key], str):
                 raise BadRequest(f"{parent_key} must be a resource id")
             q = q.where(MODEL[parent_type].public_id == body[parent_key])
-    q = q.order_by(MODEL[resource_type].pk)
+    q = q.order_by(*_order_by(resource_type, body.get("OrderBy")), MODEL[resource_type].pk)
     if not post:
         if since:
             q = q.offset(since)
@@ -421,6 +421,33 @@ def find(body: Any, *, case_sensitive_pn: bool = False) -> tuple[str, list[Any],
     options = {"expand": bool(body.get("Expand")) or bool(content),
                "requested_tags": [_keyword(t) for t in requested_tags], "metadata": "Metadata" in (content or [])}
     return resource_type, rows, options
+
+
+def _order_by(resource_type: str, order: Any) -> list[Any]:
+    """Orthanc 1.12.5's ``OrderBy``: ``[{"Type": "DicomTag"|"Metadata", "Key": ..., "Direction": "ASC"|"DESC"}]``."""
+    if not order:
+        return []
+    if not isinstance(order, list) or not all(isinstance(o, dict) for o in order):
+        raise BadRequest("OrderBy must be a list of {Type, Key, Direction}")
+    out = []
+    depth = TYPES.index(resource_type)
+    for item in order:
+        kind, key, direction = item.get("Type"), str(item.get("Key", "")), str(item.get("Direction", "ASC")).upper()
+        if direction not in ("ASC", "DESC"):
+            raise BadRequest(f"OrderBy Direction {direction[:10]!r} is not ASC or DESC")
+        if kind == "Metadata" and key == "LastUpdate":
+            model = MODEL[resource_type]
+            field = model.received_at if resource_type == "Instance" else model.updated_at
+        elif kind == "DicomTag":
+            attr = query.attribute(_keyword(key))
+            if attr is None or attr.field is None or _DEPTH_OF_QUERY_LEVEL[attr.level] > depth:
+                raise BadRequest(f"Cannot order {resource_type} results by {key[:40]!r}: order by an indexed tag "
+                                 "of the level or above, or by the LastUpdate metadata")
+            field = attr.field
+        else:
+            raise BadRequest(f"Cannot order by {kind!r} {key[:40]!r}: use DicomTag or Metadata LastUpdate")
+        out.append(field.desc() if direction == "DESC" else field.asc())
+    return out
 
 
 _DEPTH_OF_QUERY_LEVEL = {query.PATIENT: 0, query.STUDY: 1, query.SERIES: 2, query.IMAGE: 3}

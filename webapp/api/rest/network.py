@@ -253,7 +253,7 @@ def query(name: str) -> ResponseReturnValue:
         raise orthanc.BadRequest("Query must be an object of {tag: text}")
     filters = {_keyword(k): v for k, v in criteria.items()}
     result = _call("find", modality=node.name, level=level, filters=filters,
-                   return_keys=list(dict.fromkeys([*filters, "QueryRetrieveLevel"])), limit=1000)
+                   return_keys=list(filters), limit=1000)
     query_id = str(uuid.uuid4())
     with _QUERIES_LOCK:
         _QUERIES[query_id] = {"modality": node.name, "level": resource_type, "query": filters,
