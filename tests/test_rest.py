@@ -428,3 +428,33 @@ def test_an_older_index_gains_the_new_columns(short_tmp: Path) -> None:
     upload(api, MR)
     assert api.get("/statistics").json["CountInstances"] == 2
     index.close_index()
+
+
+def test_labels_from_the_pages(loaded: Any, app: Any) -> None:
+    """The study page adds and removes labels; the study list filters by one."""
+    from bs4 import BeautifulSoup
+
+    from tests.conftest import browser_client
+
+    browser = browser_client(app)
+    added = browser.post(f"/studies/{CT_STUDY}/labels", data={"label": "teaching"})
+    assert added.status_code == 303
+    assert loaded.get(f"/studies/{CT_STUDY}/labels").json == ["teaching"]
+    page = BeautifulSoup(browser.get(f"/studies/{CT_STUDY}").data, "html.parser")
+    assert [a.get_text() for a in page.select("#labels .chip")] == ["teaching"]
+    listed = BeautifulSoup(browser.get("/studies?label=teaching").data, "html.parser")
+    assert len(listed.select("tr[data-href]")) == 1
+    assert len(BeautifulSoup(browser.get("/studies").data, "html.parser").select("tr[data-href]")) > 1
+    refused = browser.post(f"/studies/{CT_STUDY}/labels", data={"label": "no spaces"}, follow_redirects=True)
+    assert "a label is 1 to 64 letters" in refused.get_data(as_text=True)
+    browser.post(f"/studies/{CT_STUDY}/labels", data={"remove": "teaching"})
+    assert loaded.get(f"/studies/{CT_STUDY}/labels").json == []
+
+
+def test_an_instance_without_instance_number_has_an_index_in_series(api: Any) -> None:
+    ds = pydicom.dcmread(CT)
+    del ds.InstanceNumber
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    answer = api.post("/instances", data=buffer.getvalue()).json
+    assert api.get(f"/instances/{answer['ID']}").json["IndexInSeries"] == 1

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from typing import Any
 from typing import BinaryIO
 
 import peewee
@@ -252,7 +253,7 @@ class Ingestor:
 
         This is the hot path of every C-STORE, so it is plain SQL (a handful of statements on
         indexed columns) rather than peewee's query builder, whose SQL generation alone costs
-        more than the statements. Parent rows are created through the models when new.
+        more than the statements; new parent rows too (:func:`_insert_row`).
         """
         f = head.fields
         now = utcnow()
@@ -265,22 +266,34 @@ class Ingestor:
         new_series = new_study = new_patient = False
         if row is None:
             main = f["main_tags"]
-            patient, new_patient = Patient.get_or_create(public_id=pid, defaults={
-                "main_tags": main["Patient"],
-                "patient_id": head.patient_id, "patient_name": f["patient_name"],
-                "patient_name_key": f["patient_name_key"],
-                "patient_birth_date": f["patient_birth_date"], "patient_sex": f["patient_sex"]})
-            study, new_study = Study.get_or_create(public_id=stid, defaults={
-                "patient": patient, "study_instance_uid": head.study_instance_uid, "main_tags": main["Study"],
-                **{k: f[k] for k in ("study_date", "study_time", "study_description",
-                                     "accession_number", "study_id", "referring_physician_name")}})
-            series = Series.create(
-                public_id=seid, study=study, series_instance_uid=head.series_instance_uid,
-                main_tags=main["Series"],
+            found = database.execute_sql(f"SELECT pk FROM patient WHERE public_id = {p}", (pid,)).fetchone()
+            if found is None:
+                patient_pk = _insert_row(Patient, {
+                    "public_id": pid, "main_tags": main["Patient"], "patient_id": head.patient_id,
+                    **{k: f[k] for k in ("patient_name", "patient_name_key", "patient_birth_date", "patient_sex")}})
+                new_patient = True
+            else:
+                patient_pk = found[0]
+            found = database.execute_sql(
+                f"SELECT pk, modalities_in_study, sop_classes_in_study FROM study WHERE public_id = {p}",
+                (stid,)).fetchone()
+            if found is None:
+                study_pk = _insert_row(Study, {
+                    "public_id": stid, "patient": patient_pk, "study_instance_uid": head.study_instance_uid,
+                    "main_tags": main["Study"],
+                    **{k: f[k] for k in ("study_date", "study_time", "study_description",
+                                         "accession_number", "study_id", "referring_physician_name")}})
+                new_study = True
+                modalities, classes = "", ""
+            else:
+                study_pk, modalities, classes = found
+            series_pk = _insert_row(Series, {
+                "public_id": seid, "study": study_pk, "series_instance_uid": head.series_instance_uid,
+                "main_tags": main["Series"],
                 **{k: f[k] for k in ("modality", "series_number", "series_description",
-                                     "body_part_examined", "series_date", "series_time")})
+                                     "body_part_examined", "series_date", "series_time")}})
             new_series = True
-            row = (series.pk, study.pk, patient.pk, study.modalities_in_study, study.sop_classes_in_study)
+            row = (series_pk, study_pk, patient_pk, modalities, classes)
         series_pk, study_pk, patient_pk, modalities, classes = row
         database.execute_sql(
             "INSERT INTO instance (public_id, series_pk, sop_instance_uid, sop_class_uid, "
@@ -319,6 +332,32 @@ class Ingestor:
             f"UPDATE patient SET num_instances = num_instances + 1, size = size + {p}, "
             f"num_series = num_series + {p}, num_studies = num_studies + {p}, updated_at = {p}, stable = {p} "
             f"WHERE pk = {p}", (size, int(new_series), int(new_study), now, False, patient_pk))
+
+
+_INSERTS: dict[tuple[type, str], tuple[str, tuple[Any, ...]]] = {}
+
+
+def _insert_row(model: Any, values: dict[str, Any]) -> int:
+    """INSERT one row of ``model`` with ``values`` and the fields' defaults; its primary key.
+
+    The statement is built once per model from its fields (peewee builds it on every call).
+    """
+    param = db.obj.param
+    key = (model, param)
+    if key not in _INSERTS:
+        fields = tuple(f for f in model._meta.sorted_fields if f.name != "pk")
+        sql = (f'INSERT INTO "{model._meta.table_name}" ({", ".join(f.column_name for f in fields)}) '
+               f'VALUES ({", ".join([param] * len(fields))}) RETURNING pk')
+        _INSERTS[key] = (sql, fields)
+    sql, fields = _INSERTS[key]
+    params = []
+    for field in fields:
+        if field.name in values:
+            params.append(field.db_value(values[field.name]))
+        else:
+            default = field.default() if callable(field.default) else field.default
+            params.append(field.db_value(default))
+    return int(db.obj.execute_sql(sql, params).fetchone()[0])
 
 
 def _existing(sop_instance_uid: str) -> tuple[int, str, str] | None:

@@ -436,7 +436,8 @@ def is_universal(filters: Mapping[str, Any]) -> bool:
     return True
 
 
-def count(level: str, filters: Mapping[str, Any], *, case_sensitive_pn: bool = False) -> int:
+def count(level: str, filters: Mapping[str, Any], *, case_sensitive_pn: bool = False,
+          where: Expression | None = None) -> int:
     """The number of rows of ``level`` matching ``filters``.
 
     An unfiltered count reads the level's table alone instead of counting over the joins
@@ -444,8 +445,10 @@ def count(level: str, filters: Mapping[str, Any], *, case_sensitive_pn: bool = F
     """
     level = level.upper()
     if level in MODEL and is_universal(filters):
-        return int(MODEL[level].select().count())
-    return int(select(level, filters, case_sensitive_pn=case_sensitive_pn).count())
+        plain = MODEL[level].select()
+        return int((plain.where(where) if where is not None else plain).count())
+    rows = select(level, filters, case_sensitive_pn=case_sensitive_pn)
+    return int((rows.where(where) if where is not None else rows).count())
 
 
 @dataclass(frozen=True)
@@ -480,7 +483,8 @@ class Page:
 
 
 def list_page(level: str, filters: Mapping[str, Any], sort: str | None, *, descending: bool = False,
-              number: int = 1, size: int = 50, case_sensitive_pn: bool = False) -> Page:
+              number: int = 1, size: int = 50, case_sensitive_pn: bool = False,
+              where: Expression | None = None) -> Page:
     """Page ``number`` of the rows of ``level`` matching ``filters``, sorted by ``sort`` (:data:`ORDER`).
 
     Counts with :func:`count`, then reads the primary keys of the page's rows (LIMIT/OFFSET over
@@ -490,8 +494,10 @@ def list_page(level: str, filters: Mapping[str, Any], sort: str | None, *, desce
     narrow query on the sort's index where the wide one would sort every joined row.
     """
     level = level.upper()
-    total = count(level, filters, case_sensitive_pn=case_sensitive_pn)
+    total = count(level, filters, case_sensitive_pn=case_sensitive_pn, where=where)
     rows = select(level, filters, case_sensitive_pn=case_sensitive_pn)
+    if where is not None:
+        rows = rows.where(where)
     size = max(1, size)
     number = min(max(1, number), max(1, -(-total // size)))
     offset = (number - 1) * size
@@ -503,6 +509,8 @@ def list_page(level: str, filters: Mapping[str, Any], sort: str | None, *, desce
     fields = keys.get(sort or "", None) or next(iter(keys.values()), ())
     own = is_universal(filters) and all(f.model is model for f in fields)
     lean: Any = model.select(model.pk) if own else rows.select(model.pk)
+    if own and where is not None:
+        lean = lean.where(where)
     keyed: Any = order(lean, level, sort, descending).limit(size).offset(offset).tuples()
     pks: list[int] = [row[0] for row in keyed]
     position = {pk: n for n, pk in enumerate(pks)}

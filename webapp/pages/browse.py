@@ -24,6 +24,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import MultiDict
 
 from dicomnode import tags
+from dicomnode.archive import changes
 from dicomnode.archive import query
 from dicomnode.archive import resources
 from dicomnode.archive.index import Instance
@@ -143,22 +144,23 @@ def _sort(level: str, default: str, default_dir: str) -> tuple[str, str]:
     return sort, ("asc" if direction == "asc" else "desc")
 
 
-def _list_context(level: str, filters: dict[str, str], sort: str, direction: str) -> dict[str, Any]:
+def _list_context(level: str, filters: dict[str, str], sort: str, direction: str,
+                  where: Any = None) -> dict[str, Any]:
     """Count, sort and page a list; a malformed filter becomes a message instead of rows."""
     per = _int_arg("per", 50)
     if per not in PER_PAGE:
         per = 50
     page = query.list_page(level, filters, sort, descending=direction == "desc", number=_int_arg("page", 1),
-                           size=per)
+                           size=per, where=where)
     return {"results": page, "sort": sort, "dir": direction, "per": per, "per_choices": PER_PAGE,
-            "args_with": _args_with, "filtered": not query.is_universal(filters)}
+            "args_with": _args_with, "filtered": not query.is_universal(filters) or where is not None}
 
 
 def _render_list(page: str, partial: str, level: str, filters: dict[str, str],
-                 default_sort: tuple[str, str], **context: Any) -> ResponseReturnValue:
+                 default_sort: tuple[str, str], where: Any = None, **context: Any) -> ResponseReturnValue:
     sort, direction = _sort(level, *default_sort)
     try:
-        ctx = _list_context(level, filters, sort, direction)
+        ctx = _list_context(level, filters, sort, direction, where)
         status = 200
     except query.QueryError as exc:
         ctx = {"error": exc.message, "results": query.Page([], 1, 50, 0), "sort": sort, "dir": direction,
@@ -184,13 +186,17 @@ def studies() -> ResponseReturnValue:
             "ModalitiesInStudy": args.get("modality", "").strip(),
             "StudyDate": _date_range(args.get("date", ""), _date_arg("from"), _date_arg("to")),
         }
-    except query.QueryError as exc:
+        label = args.get("label", "").strip()
+        where = changes.with_labels("Study", [label]) if label else None
+    except (query.QueryError, changes.BadLabel) as exc:
         return htmx.render("browse/studies.html", "browse/_studies.html", http_status=400,
                            form=args, error=exc.message, results=query.Page([], 1, 50, 0), sort="date",
                            dir="desc", per=50, per_choices=PER_PAGE, args_with=_args_with,
-                           filtered=True, modalities=resources.modalities_in_archive(), date_presets=DATE_PRESETS)
+                           filtered=True, modalities=resources.modalities_in_archive(), date_presets=DATE_PRESETS,
+                           labels=changes.all_labels())
     return _render_list("browse/studies.html", "browse/_studies.html", query.STUDY, filters,
-                        ("date", "desc"), modalities=resources.modalities_in_archive(), date_presets=DATE_PRESETS)
+                        ("date", "desc"), where=where, modalities=resources.modalities_in_archive(),
+                        date_presets=DATE_PRESETS, labels=changes.all_labels())
 
 
 @bp.route("/patients")
@@ -225,7 +231,24 @@ def study(public_id: str) -> ResponseReturnValue:
     row = resources.get("study", public_id)
     series = resources.series_of(row)
     return render_template("browse/study.html", study=row, patient=row.patient, series_list=series,
-                           key_images=resources.key_images(series))
+                           key_images=resources.key_images(series), labels=changes.labels_of("Study", row),
+                           all_labels=changes.all_labels())
+
+
+@bp.route("/studies/<public_id>/labels", methods=["POST"])
+def study_labels(public_id: str) -> ResponseReturnValue:
+    """Add (``label``) or remove (``remove``) a label of a study, from its page."""
+    row = resources.get("study", public_id)
+    try:
+        if request.form.get("remove"):
+            changes.remove_label("Study", row, request.form["remove"].strip())
+        else:
+            label = request.form.get("label", "").strip()
+            changes.add_label("Study", row, label)
+            flash(f"Labelled {label}.", "ok")
+    except changes.BadLabel as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("browse.study", public_id=public_id) + "#labels", code=303)
 
 
 @bp.route("/series/<public_id>")

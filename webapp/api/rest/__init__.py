@@ -56,8 +56,9 @@ def route(rule: str, methods: tuple[str, ...] = ("GET",)) -> Callable[[Callable[
 
 
 def answer(body: Any, status: int = 200) -> Response:
-    """JSON as Orthanc writes it (UTF-8, indented)."""
-    return Response(json.dumps(body, indent=3, ensure_ascii=False, sort_keys=True) + "\n", status,
+    """JSON with Orthanc's keys in Orthanc's (sorted) order, UTF-8; compact, which json's C encoder
+    writes five times faster than an indented one (pipe it to ``jq`` to read it)."""
+    return Response(json.dumps(body, ensure_ascii=False, sort_keys=True) + "\n", status,
                     mimetype="application/json")
 
 
