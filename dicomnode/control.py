@@ -91,8 +91,11 @@ class _RequestHandler(socketserver.BaseRequestHandler):
             pass
 
 
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"v": VERSION, "ok": False, "error": {"code": code, "message": message}}
+def _error(code: str, message: str, http_status: int | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if http_status is not None:
+        error["status"] = http_status  # the HTTP status the web process answers it with
+    return {"v": VERSION, "ok": False, "error": error}
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -137,7 +140,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         try:
             return {"v": VERSION, "ok": True, "result": handler(args)}
         except DolmenError as exc:
-            return _error(exc.code, exc.message)
+            return _error(exc.code, exc.message, exc.http_status)
         except Exception as exc:
             LOGGER.exception("Control operation %s failed", op)
             return _error("internal_error", f"The sidecar failed on {op}: {type(exc).__name__}: {exc}")
@@ -205,5 +208,9 @@ class ControlClient:
             result = reply.get("result") or {}
             return result if isinstance(result, dict) else {"value": result}
         error = reply.get("error") or {}
-        raise DolmenError(str(error.get("message", "The sidecar reported an error")),
-                          code=str(error.get("code", "error")))
+        failure = DolmenError(str(error.get("message", "The sidecar reported an error")),
+                              code=str(error.get("code", "error")))
+        status = error.get("status")
+        if isinstance(status, int) and 400 <= status <= 599:
+            failure.http_status = status  # a RemoteError stays a 502 on this side of the socket
+        raise failure
