@@ -102,6 +102,12 @@ def _check_root(value: str) -> str | None:
     return None
 
 
+def _check_oe2(value: str) -> str | None:
+    if value and not os.path.isfile(os.path.join(value, "index.html")):
+        return f"{value!r} holds no index.html: point it at the dist/ folder of a built Orthanc Explorer 2"
+    return None
+
+
 def _check_syntaxes(value: list[str]) -> str | None:
     for uid in value:
         if uid != "all" and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid):
@@ -145,6 +151,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http.max_upload_mb", int, 2048, "Largest HTTP request body accepted, in MiB.", _positive),
     Setting("http.max_zip_entries", int, 50000, "Most entries a ZIP file sent to the upload page may hold.", _positive),
     Setting("http.max_zip_mb", int, 16384, "Most a ZIP file sent to the upload page may unpack to, in MiB (zip bombs).", _positive),
+    Setting("http.oe2_path", str, "", "Folder of a built Orthanc Explorer 2 web app (its dist/, holding index.html) to serve at /ui/app/; empty: none.", _check_oe2),
     Setting("storage.path", str, "./dolmen-data", "Folder holding the files, the index and the control socket.", None),
     Setting("storage.database", str, "", "Index URL: empty for <storage.path>/index.db, or sqlite:///FILE, or postgresql://user@host/db.", _check_database),
     Setting("storage.overwrite", bool, False, "A second copy of a stored instance replaces the first (else it is kept and reported as already stored).", None),

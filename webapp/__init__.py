@@ -27,7 +27,7 @@ LOGGER = logging.getLogger(__name__)
 #: Blueprint modules, one per area (module name = blueprint name = template folder): the pages
 #: under webapp/pages, the machine APIs under webapp/api.
 BLUEPRINTS = ("pages.system", "api.api", "pages.browse", "pages.upload", "pages.qr", "pages.jobs",
-              "pages.associations", "api.dicomweb", "pages.dicomweb_client")
+              "pages.associations", "api.dicomweb", "pages.dicomweb_client", "pages.oe2")
 
 #: The main navigation; entries whose endpoint is not registered are left out.
 NAV = (

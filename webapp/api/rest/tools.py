@@ -213,6 +213,34 @@ def system() -> ResponseReturnValue:
     })
 
 
+def plugins_description() -> dict[str, dict[str, Any]]:
+    """What stands in for Orthanc's plugins here, as ``/plugins/{id}`` describes each."""
+    root = settings()["dicomweb.root"]
+    found = {"dicom-web": {"Description": "DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI), built into Dolmen",
+                           "Enabled": True, "ExtendsOrthancExplorer": False, "ID": "dicom-web",
+                           "RootUri": root.rstrip("/") + "/", "Version": __version__}}
+    if settings()["http.oe2_path"]:
+        found["orthanc-explorer-2"] = {"Description": "Orthanc Explorer 2, served from [http] oe2_path",
+                                       "Enabled": True, "ExtendsOrthancExplorer": False,
+                                       "ID": "orthanc-explorer-2", "RootUri": "/ui/app/", "Version": "external"}
+    return found
+
+
+@route("/plugins")
+def plugins() -> ResponseReturnValue:
+    return answer(sorted(plugins_description()))
+
+
+@route("/plugins/<name>")
+def plugin(name: str) -> ResponseReturnValue:
+    from dicomnode.errors import NotFound
+
+    found = plugins_description().get(name)
+    if found is None:
+        raise NotFound(f"No plugin {name[:60]!r}: Dolmen has {', '.join(sorted(plugins_description()))}")
+    return answer({k: v for k, v in found.items() if k != "Enabled"})
+
+
 @route("/statistics")
 def statistics() -> ResponseReturnValue:
     return answer(orthanc.global_statistics())
