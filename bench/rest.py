@@ -9,9 +9,10 @@ prints, for each server and as a ratio (Dolmen / Orthanc, lower is better):
 * ``/tools/find`` at the Study level: a PatientName wildcard, an exact StudyInstanceUID,
 * ``GET /studies?expand&since=0&limit=100``,
 
-each query the median of ``--repeat`` runs.
+each query the median of ``--repeat`` runs. Dolmen fsyncs each file and its folder before it
+answers (its crash contract); Orthanc does not: ``--no-fsync`` compares like with like.
 
-    .venv/bin/python bench/rest.py [--studies 10000] [--repeat 20] [--threads 4]
+    .venv/bin/python bench/rest.py [--studies 10000] [--repeat 20] [--threads 4] [--no-fsync]
 """
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ def main() -> int:
     parser.add_argument("--rate-instances", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--no-fsync", dest="fsync", action="store_false",
+                        help="run Dolmen with [storage] fsync = false, as Orthanc (which never fsyncs its files)")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="bench-rest-", dir="/tmp"))
@@ -118,7 +121,7 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     servers = []
     try:
-        doc = make_config_doc(base / "dolmen", storage={"fsync": True})
+        doc = make_config_doc(base / "dolmen", storage={"fsync": args.fsync})
         dolmen = start_dolmen(write_toml(base / "dolmen.toml", doc), base / "dolmen.log")
         servers.append(("Dolmen", dolmen, dolmen.url))
         if os.path.exists("/usr/sbin/Orthanc"):
@@ -138,7 +141,7 @@ def main() -> int:
             server.stop()
         shutil.rmtree(base, ignore_errors=True)
 
-    print(f"\n{args.studies} studies (one instance each)")
+    print(f"\n{args.studies} studies (one instance each), Dolmen {'with' if args.fsync else 'without'} fsync")
     names = [n for n, _s, _u in servers]
     print(f"{'':34}" + "".join(f"{n:>12}" for n in names) + ("   ratio" if len(names) == 2 else ""))
     for key in results["Dolmen"]:

@@ -49,11 +49,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.uid import ImplicitVRLittleEndian
 
+from dicomnode import config
 from tests.conftest import DolmenProcess
 from tests.conftest import free_port
 from tests.conftest import wait_for
 
 KNOWN_AET = "KNOWN"
+#: The web server's worker threads (``[http] threads``, left at its default by these tests).
+WEB_THREADS = next(s.default for s in config.SETTINGS if s.key == "http.threads")
 VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -445,7 +448,7 @@ class Survival:
         self.threads = self._threads()
         self.fds = self._fds()
         self.web_threads = _count(f"/proc/{self.web_pid}/task")
-        self.web_fds = _count(f"/proc/{self.web_pid}/fd")
+        self.web_fds = self._web_fds()
         self.log_offset = len(self.server.log.read_bytes())
         self.outside = self._outside()
 
@@ -467,8 +470,20 @@ class Survival:
         live = sum(t == database + "-wal" for t in targets)
         return sum(t != database for t in targets) + min(live, sum(t == database for t in targets))
 
-    def _fd_targets(self) -> list[str]:
-        folder = f"/proc/{self.server.sidecar_pid()}/fd"
+    def _web_fds(self) -> int:
+        """Open descriptors of the web process, its index connections not counted: each waitress
+        thread keeps one (webapp/db.py), so they are checked against ``[http] threads`` instead
+        (:meth:`_web_connections`)."""
+        database = os.path.realpath(self.server.data / "index.db")
+        return sum(not t.startswith(database) for t in self._fd_targets(self.web_pid))
+
+    def _web_connections(self) -> int:
+        """Live index connections of the web process (each holds the -wal file)."""
+        database = os.path.realpath(self.server.data / "index.db")
+        return sum(t == database + "-wal" for t in self._fd_targets(self.web_pid))
+
+    def _fd_targets(self, pid: int | None = None) -> list[str]:
+        folder = f"/proc/{pid or self.server.sidecar_pid()}/fd"
         out = []
         for name in os.listdir(folder):
             try:
@@ -573,10 +588,13 @@ class Survival:
                 what=f"web threads back to {self.web_threads} (now {_count(web + '/task')})",
             )
             wait_for(
-                lambda: _count(f"{web}/fd") <= self.web_fds + tolerance,
+                lambda: self._web_fds() <= self.web_fds + tolerance,
                 timeout=settle,
-                what=f"web fds back to {self.web_fds} (now {_count(web + '/fd')})",
+                what=f"web fds back to {self.web_fds} (now {self._web_fds()})",
             )
+            assert self._web_connections() <= WEB_THREADS, (
+                f"{self._web_connections()} index connections in the web process, more than its "
+                f"{WEB_THREADS} threads: a connection leaked")
         # Files: nothing outside the storage root, no row without its file, no spool leftovers.
         for path in forbidden:
             assert not os.path.lexists(path), f"a file was written outside the storage root: {path}"

@@ -176,7 +176,7 @@ def hostile_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any,
                "study": inst.series.study.study_instance_uid, "series_uid": inst.series.series_instance_uid,
                "instance": inst.sop_instance_uid, "job_id": job.pk, "modality": modality.name,
                "server": server.name, "frames": "1", "frame": 1, "element": "00100010",
-               "tag_path": "00100010", "filename": "dolmen.css"}
+               "tag_path": "00100010", "filename": "dolmen.css", "route": "filtered-studies"}
     yield app, ids
     index.close_index()
     import shutil

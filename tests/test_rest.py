@@ -458,3 +458,20 @@ def test_an_instance_without_instance_number_has_an_index_in_series(api: Any) ->
     ds.save_as(buffer)
     answer = api.post("/instances", data=buffer.getvalue()).json
     assert api.get(f"/instances/{answer['ID']}").json["IndexInSeries"] == 1
+
+
+def test_fast_rows_build_what_peewee_builds(loaded: Any) -> None:
+    from dicomnode.archive import orthanc
+    from dicomnode.archive import query
+    from dicomnode.archive.index import Instance
+    from dicomnode.archive.index import Study
+
+    for q, model in ((query.select("STUDY", {}), Study), (query.select("IMAGE", {}), Instance),
+                     (orthanc._with_parents("Instance", Instance.select(*orthanc._models("Instance"))), Instance)):
+        slow, fast = list(q.order_by(model.pk)), orthanc.fast_rows(q.order_by(model.pk), model)
+        assert len(fast) == len(slow) > 2
+        for a, b in zip(slow, fast, strict=True):
+            assert type(b) is model and a.__data__ == b.__data__
+            for fk in {"Instance": ("series", "study", "patient"), "Study": ("patient",)}[model.__name__]:
+                a, b = getattr(a, fk), b.__rel__[fk]  # the parent came with the row, no query
+                assert a.__data__ == b.__data__

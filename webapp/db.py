@@ -1,5 +1,13 @@
-"""One index connection per request: opened lazily by peewee, closed at teardown."""
+"""One index connection per web thread: opened lazily by peewee, kept between requests.
+
+Opening and closing a SQLite connection costs more than a small request (closing the last
+connection of a WAL database checkpoints it), so a waitress thread keeps its connection; a
+request that ends inside a transaction (an error half-way) has it rolled back and closed.
+Threads that end have their connections closed by :class:`dicomnode.archive.index._ReapsDeadThreads`.
+"""
 from __future__ import annotations
+
+import contextlib
 
 from flask import Flask
 
@@ -7,8 +15,14 @@ from dicomnode.archive import index
 
 
 def init_app(app: Flask) -> None:
-    """Close the request thread's connection when the request ends."""
+    """Leave the request thread's connection clean when the request ends."""
 
     @app.teardown_appcontext
-    def _close(_exc: BaseException | None) -> None:
-        index.close_index()
+    def _release(_exc: BaseException | None) -> None:
+        database = index.db.obj
+        if database is None or database.is_closed():
+            return
+        if database.in_transaction() or _exc is not None:
+            with contextlib.suppress(Exception):
+                database.rollback()
+            index.close_index()

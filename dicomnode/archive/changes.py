@@ -21,6 +21,7 @@ from dicomnode.archive.index import Label
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
+from dicomnode.archive.index import rows_with_pks
 from dicomnode.archive.index import utcnow
 from dicomnode.archive.index import write_transaction
 from dicomnode.errors import DolmenError
@@ -131,10 +132,8 @@ def labels_by_pk(resource_type: str, pks: list[int]) -> dict[int, list[str]]:
     """Labels of many rows at once (for lists): ``{pk: [labels]}``."""
     fk = getattr(Label, _FK[resource_type])
     out: dict[int, list[str]] = {pk: [] for pk in pks}
-    for start in range(0, len(pks), 500):
-        for label, pk in Label.select(Label.label, fk).where(
-                (Label.level == resource_type) & fk.in_(pks[start:start + 500])).tuples():
-            out[pk].append(label)
+    for pk, label in rows_with_pks(Label, fk, pks, "label", equals={"level": resource_type}):
+        out[pk].append(label)
     return {pk: sorted(v) for pk, v in out.items()}
 
 

@@ -8,6 +8,7 @@ Lists come in the order resources entered the index (Orthanc's internal order), 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +17,7 @@ import peewee
 from peewee import fn
 
 from dicomnode.archive import changes
+from dicomnode.archive import index
 from dicomnode.archive import maintags
 from dicomnode.archive import query
 from dicomnode.archive.index import Instance
@@ -92,10 +94,8 @@ def _children_ids(resource_type: str, pks: list[int]) -> dict[int, list[str]]:
         return out
     model = MODEL[child]
     fk = {"Study": Study.patient, "Series": Series.study, "Instance": Instance.series}[child]
-    for start in range(0, len(pks), 500):
-        for public_id, parent_pk in (model.select(model.public_id, fk).where(fk.in_(pks[start:start + 500]))
-                                     .order_by(model.pk).tuples()):
-            out[parent_pk].append(public_id)
+    for parent_pk, public_id in index.rows_with_pks(model, fk, pks, "public_id", order="pk"):
+        out[parent_pk].append(public_id)
     return out
 
 
@@ -224,19 +224,67 @@ def first_instance(resource_type: str, row: Any) -> Instance | None:
 # -- lists -------------------------------------------------------------------------------------
 
 
+_FK = {Instance: "series", Series: "study", Study: "patient"}
+
+
+def fast_rows(q: Any, model: Any, sql: tuple[str, list[Any]] | None = None) -> list[Any]:
+    """The ``model`` rows of ``q`` (a select of whole models joined upwards, in any order) as
+    model instances with their parents attached, as peewee builds them but about three times
+    faster: from plain tuples, each instance's ``__data__`` set at once (``?expand``, ``/tools/find``)."""
+    layout: list[tuple[Any, list[str], int, int]] = []  # (model, field names, start, end)
+    for pos, field in enumerate(q._returning):
+        if layout and layout[-1][0] is field.model:
+            layout[-1][1].append(field.name)
+            layout[-1] = (*layout[-1][:3], pos + 1)
+        else:
+            layout.append((field.model, [field.name], pos, pos + 1))
+    # Only the fields whose database value is not already Python's are converted (dates kept
+    # as text by SQLite, booleans as integers); ints and strings come as they are.
+    convert = [(pos, field.python_value) for pos, field in enumerate(q._returning)
+               if isinstance(field, (peewee.DateTimeField, peewee.DateField, peewee.BooleanField))]
+    out = []
+    database = q.model._meta.database
+    for raw in (database.execute_sql(*sql) if sql else database.execute(q)):
+        values = list(raw)
+        for pos, to_python in convert:
+            values[pos] = to_python(values[pos])
+        objs = {}
+        for m, names, start, stop in layout:
+            obj = m.__new__(m)
+            obj.__data__ = dict(zip(names, values[start:stop], strict=True))
+            obj._dirty = set()
+            obj.__rel__ = {}
+            objs[m] = obj
+        for child, fk in _FK.items():
+            parent = getattr(child, fk).rel_model
+            if child in objs and parent in objs:
+                objs[child].__rel__[fk] = objs[parent]
+        out.append(objs[model])
+    return out
+
+
 def list_rows(resource_type: str, *, since: int = 0, limit: int = 0) -> list[Any]:
     """``GET /studies?since=&limit=``: rows in index order (``limit`` 0: all)."""
     if since < 0 or limit < 0:
         raise OutOfRange("since and limit cannot be negative")
+    q, sql = _list_query(resource_type, type(index.db.obj))
+    param = index.db.obj.param
+    if limit or since:  # LIMIT -1 is SQLite's "no limit"; PostgreSQL's is LIMIT ALL
+        no_limit = "ALL" if param == "%s" else "-1"
+        sql = f"{sql} LIMIT {param if limit else no_limit} OFFSET {param}"
+    params = ([limit] if limit else []) + ([since] if limit or since else [])
+    return fast_rows(q, MODEL[resource_type], (sql, params))
+
+
+@functools.lru_cache(maxsize=16)
+def _list_query(resource_type: str, _database_class: type) -> tuple[Any, str]:
+    # The list's SQL is compiled once per level (and database kind): compiling it cost a
+    # millisecond, as much as running it on a page of 100.
     q = _with_parents(resource_type, MODEL[resource_type].select(*_models(resource_type)))
     q = q.order_by(MODEL[resource_type].pk)
-    if since:
-        q = q.offset(since)
-    if limit:
-        q = q.limit(limit)
-    elif since:
-        q = q.limit(-1) if isinstance(q.model._meta.database.obj, peewee.SqliteDatabase) else q
-    return list(q)
+    sql, params = q.sql()
+    assert not params
+    return q, sql
 
 
 def _models(resource_type: str) -> list[Any]:
@@ -257,7 +305,7 @@ def children(resource_type: str, row: Any, wanted: str) -> list[Any]:
     model = MODEL[wanted]
     q = _with_parents(wanted, model.select(*_models(wanted)))
     q = q.where(MODEL[resource_type].pk == row.pk)
-    return list(q.order_by(model.pk))
+    return fast_rows(q.order_by(model.pk), model)
 
 
 def statistics(resource_type: str, row: Any) -> dict[str, Any]:
@@ -332,7 +380,8 @@ def _matches(value: str, pattern: str, vr: str, fold: bool) -> bool:
 
 
 def find(body: Any, *, case_sensitive_pn: bool = False) -> tuple[str, list[Any], dict[str, Any]]:
-    """Run a ``POST /tools/find`` body: (resource type, matching rows, options for the answer).
+    """Run a ``POST /tools/find`` body: (resource type, matching rows, options for the answer);
+    the rows are public ids unless ``options["expand"]``.
 
     Raises
     ------
@@ -392,6 +441,7 @@ def find(body: Any, *, case_sensitive_pn: bool = False) -> tuple[str, list[Any],
                 raise BadRequest(f"{parent_key} must be a resource id")
             q = q.where(MODEL[parent_type].public_id == body[parent_key])
     q = q.order_by(*_order_by(resource_type, body.get("OrderBy")), MODEL[resource_type].pk)
+    options = _find_options(body)
     if not post:
         if since:
             q = q.offset(since)
@@ -399,7 +449,9 @@ def find(body: Any, *, case_sensitive_pn: bool = False) -> tuple[str, list[Any],
             q = q.limit(limit)
         elif since and isinstance(MODEL[resource_type]._meta.database.obj, peewee.SqliteDatabase):
             q = q.limit(-1)
-        rows = list(q)
+        if not options["expand"]:  # the ids are all the answer needs
+            return resource_type, [pid for (pid,) in q.select(MODEL[resource_type].public_id).tuples()], options
+        rows = fast_rows(q, MODEL[resource_type])
     else:
         rows = []
         skipped = 0
@@ -412,6 +464,12 @@ def find(body: Any, *, case_sensitive_pn: bool = False) -> tuple[str, list[Any],
             rows.append(row)
             if limit and len(rows) >= limit:
                 break
+        if not options["expand"]:
+            return resource_type, [row.public_id for row in rows], options
+    return resource_type, rows, options
+
+
+def _find_options(body: dict[str, Any]) -> dict[str, Any]:
     requested_tags = body.get("RequestedTags") or []
     if not isinstance(requested_tags, list) or not all(isinstance(t, str) for t in requested_tags):
         raise BadRequest("RequestedTags must be a list of tag names")
@@ -420,7 +478,7 @@ def find(body: Any, *, case_sensitive_pn: bool = False) -> tuple[str, list[Any],
         raise BadRequest("ResponseContent must be a list of names")
     options = {"expand": bool(body.get("Expand")) or bool(content),
                "requested_tags": [_keyword(t) for t in requested_tags], "metadata": "Metadata" in (content or [])}
-    return resource_type, rows, options
+    return options
 
 
 def _order_by(resource_type: str, order: Any) -> list[Any]:

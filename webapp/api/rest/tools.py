@@ -124,7 +124,7 @@ def find() -> ResponseReturnValue:
     body = json_body()
     resource_type, rows, options = orthanc.find(body, case_sensitive_pn=settings()["dicom.case_sensitive_pn"])
     if not options["expand"]:
-        return answer([r.public_id for r in rows])
+        return answer(rows)  # public ids
     described = orthanc.describe(resource_type, rows, stable_age=stable_age(),
                                  requested_tags=options["requested_tags"], store=services().store)
     if options["metadata"] and resource_type == "Instance":
