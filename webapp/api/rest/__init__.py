@@ -99,7 +99,8 @@ def int_arg(name: str, default: int = 0) -> int:
 
 def init_app(app: Flask) -> None:
     """Register the dispatch hook (after login and the cross-site check) and the views."""
-    from webapp.api.rest import network  # noqa: F401 - registers its routes
+    from webapp.api.rest import modify  # noqa: F401 - registers its routes
+    from webapp.api.rest import network  # noqa: F401
     from webapp.api.rest import resources  # noqa: F401
     from webapp.api.rest import tools  # noqa: F401
 

@@ -39,7 +39,8 @@ _QUERIES: OrderedDict[str, dict[str, Any]] = OrderedDict()
 _QUERIES_LOCK = threading.Lock()
 #: Dolmen's job kinds as Orthanc's job types.
 JOB_TYPES = {"send": "DicomModalityStore", "move": "DicomMoveScu", "get": "DicomGetScu",
-             "stow": "DicomWebStowClient", "wado": "DicomWebWadoClient"}
+             "stow": "DicomWebStowClient", "wado": "DicomWebWadoClient", "anonymize": "ResourceModification",
+             "modify": "ResourceModification"}
 JOB_STATES = {"pending": "Pending", "running": "Running", "success": "Success", "failure": "Failure",
               "cancelled": "Failure"}
 
@@ -432,6 +433,11 @@ def job_json(job: Job) -> dict[str, Any]:
     content: dict[str, Any] = {"Description": str(job.description), "FailedInstancesCount": int(job.failed),
                                "InstancesCount": int(job.done), "LocalAet": settings()["dicom.aet"],
                                "RemoteAet": str(job.target), "Parameters": params}
+    if str(job.kind) in ("anonymize", "modify"):  # Orthanc's ResourceModification: the new resource
+        content.pop("RemoteAet")
+        content.update(next((dict(e) for e in joblib.details_of(job) if e.get("type") == "result"), {}))
+        content.pop("type", None)
+        content.pop("at", None)
     return {"CompletionTime": _timestamp(job.ended_at), "Content": content,
             "CreationTime": _timestamp(job.created_at), "EffectiveRuntime": runtime,
             "ErrorCode": (37 if state == "cancelled" else 9) if failed else 0,
