@@ -335,3 +335,43 @@ def test_asynchronous_anonymization_runs_as_a_job(dolmen_factory: Any) -> None:
     new = done["Content"]["ID"]
     assert node.get(f"/studies/{new}", program=True).json()["PatientMainDicomTags"]["PatientName"].startswith("Anonym")
     assert node.get("/exports", program=True).json()[0]["Job"] == int(job["ID"])
+
+
+# -- the pages ----------------------------------------------------------------------------------
+
+
+def test_the_form_previews_every_change_and_writes_nothing(api: Any, client: Any) -> None:
+    study = upload(api, CT)["ParentStudy"]
+    page = client.get(f"/studies/{study}")
+    assert f"/studies/{study}/anonymize" in page.get_data(as_text=True)
+    assert f"/studies/{study}/modify" in page.get_data(as_text=True)
+    form = client.get(f"/studies/{study}/anonymize")
+    assert form.status_code == 200 and "RetainLongitudinalTemporalInformation" in form.get_data(as_text=True)
+    before = api.get("/instances").json
+    preview = client.post(f"/studies/{study}/anonymize", data={
+        "action": "preview", "opt-RetainLongitudinalTemporalInformation": "1", "keep_source": "1",
+        "replace": "PatientName = Cohort^Subject 7"})
+    html = preview.get_data(as_text=True)
+    assert preview.status_code == 200 and "What would change" in html
+    assert "Cohort^Subject 7" in html and "CompressedSamples^CT1" in html  # after and before
+    assert "<td>StudyDate</td>" not in html and "<td>StudyInstanceUID</td>" in html  # the option kept the dates
+    assert api.get("/instances").json == before
+    bad = client.post(f"/studies/{study}/modify", data={"action": "preview", "replace": "StudyInstanceUID = 1.2",
+                                                        "keep_source": "1"})
+    assert bad.status_code == 400 and "requires the" in bad.get_data(as_text=True)
+    no_sidecar = client.post(f"/studies/{study}/anonymize", data={"action": "run", "keep_source": "1"})
+    assert no_sidecar.status_code == 400 and "DICOM service" in no_sidecar.get_data(as_text=True)
+    assert api.get("/instances").json == before
+
+
+@pytest.mark.timeout(120)
+def test_the_form_runs_a_job_that_links_to_the_result(dolmen_factory: Any) -> None:
+    node = dolmen_factory()
+    stored = node.post("/instances", program=True, data=CT.read_bytes()).json()
+    response = node.post(f"/studies/{stored['ParentStudy']}/anonymize",
+                         data={"action": "run", "keep_source": "1"}, allow_redirects=False)
+    assert response.status_code == 303 and "/jobs/" in response.headers["Location"]
+    job_url = response.headers["Location"]
+    wait_for(lambda: "Result:" in node.get(job_url).text, timeout=60, what="the job page to link to the result")
+    journal = node.get("/exports").text
+    assert "Anonymize study" in journal and "success" in journal

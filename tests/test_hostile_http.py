@@ -137,13 +137,18 @@ def fill(rule: Rule, ids: dict[str, Any], raw: dict[str, str] | None = None) -> 
             continue
         if raw and name in raw:
             text = raw[name]
+        elif name == "segment":  # /<any(patients, studies, series):segment>/<public_id>/...
+            text = "studies"
+        elif name == "kind":  # .../<any(anonymize, modify):kind>
+            text = "anonymize"
         elif name == "public_id":
-            text = quote(str(ids[rule.rule.split("/")[1]]), safe="")  # patients|studies|series|instances
+            segment = "studies" if "segment" in rule.arguments else rule.rule.split("/")[1]
+            text = quote(str(ids[segment]), safe="")  # patients|studies|series|instances
         elif name == "name":
             text = quote(str(ids["server"] if "/servers/" in rule.rule else ids["modality"]), safe="")
         else:
             text = quote(str(ids[name]), safe="")
-        path = re.sub(rf"<(?:[a-z]+:)?{name}>", lambda _m, text=text: text, path)
+        path = re.sub(rf"<(?:[a-z]+(?:\([^)]*\))?:)?{name}>", lambda _m, text=text: text, path)
     assert "<" not in path, f"{rule.rule}: argument without a value"
     return path
 

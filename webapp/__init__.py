@@ -27,14 +27,14 @@ LOGGER = logging.getLogger(__name__)
 #: Blueprint modules, one per area (module name = blueprint name = template folder): the pages
 #: under webapp/pages, the machine APIs under webapp/api.
 BLUEPRINTS = ("pages.system", "api.api", "pages.browse", "pages.upload", "pages.qr", "pages.jobs",
-              "pages.associations", "api.dicomweb", "pages.dicomweb_client", "pages.oe2")
+              "pages.associations", "api.dicomweb", "pages.dicomweb_client", "pages.oe2", "pages.modify")
 
 #: The main navigation; entries whose endpoint is not registered are left out.
 NAV = (
     ("browse.studies", "Studies"), ("browse.patients", "Patients"), ("upload.upload", "Upload"),
     ("qr.query", "Query/Retrieve"), ("qr.modalities", "Modalities"), ("jobs.jobs", "Jobs"),
     ("associations.associations", "Associations"),
-    ("dicomweb_client.servers", "DICOMweb"), ("system.home", "System"),
+    ("dicomweb_client.servers", "DICOMweb"), ("modify.journal", "Exports"), ("system.home", "System"),
 )
 
 # No inline script or style anywhere: every script and stylesheet is a file under /static.
@@ -115,6 +115,8 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
 
         nav = [(e, label) for e, label in NAV if e in app.view_functions]
         return {"dolmen_version": __version__, "aet": settings["dicom.aet"], "nav_items": nav,
+                "nav_endpoints": app.view_functions,
+                "segment_of": {"patient": "patients", "study": "studies", "series": "series", "instance": "instances"},
                 "current_user": current_user() if settings.users else None,
                 "dicom_badge": app.extensions["dolmen"].dicom_badge}
 

@@ -97,7 +97,23 @@ def _local_entry(level: str, row: Any) -> dict[str, Any]:
 
 
 def local_resources(job: Job) -> list[dict[str, Any]]:
-    """The local resources of a job, as the pages list them (label, count, link)."""
+    """The local resources of a job, as the pages list them (label, count, link); for an
+    anonymization or modification, its source and (once done) its result."""
+    if job.kind in ("anonymize", "modify"):
+        from dicomnode.archive.index import Export
+
+        params = joblib.params_of(job)
+        level = str(params.get("level", "")).lower()
+        model = resources.MODELS.get(level)
+        entry = Export.get_or_none(Export.job == job.pk)
+        out = []
+        for prefix, public_id in (("From", params.get("id")), ("Result", entry.result_id if entry else "")):
+            row = model.get_or_none(model.public_id == str(public_id)) if model and public_id else None
+            if row is not None:
+                item = _local_entry(level, row)
+                item["label"] = f"{prefix}: {item['label']}"
+                out.append(item)
+        return out
     return [_local_entry(level, row) for level, row in resources.job_resources(job.kind, joblib.params_of(job))]
 
 

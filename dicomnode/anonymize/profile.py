@@ -222,6 +222,14 @@ def plan_from_body(body: Any, kind: str, level: str, *, profiles: Mapping[str, M
     return plan
 
 
+def plan_for(settings: Any, body: Any, kind: str, level: str) -> Plan:
+    """:func:`plan_from_body` with the configuration's profiles, secret and safe private creators."""
+    plan = plan_from_body(body, kind, level, profiles=settings.anonymize_profiles,
+                          secret=settings["anonymize.secret"].encode())
+    plan.safe_private_creators = set(settings["anonymize.safe_private_creators"])
+    return plan
+
+
 def _name(tag: int) -> str:
     return keyword_for_tag(tag) or f"{tag >> 16:04X},{tag & 0xFFFF:04X}"
 
@@ -369,9 +377,9 @@ def apply(ds: Dataset, session: Session) -> list[Diff]:
             diffs.append(Diff(_path("", Tag(tag)), _name(tag), _text(ds[tag]), None, "X"))
             del ds[tag]
     for tag, raw in plan.replace.items():
-        value: Any = [str(v) for v in raw] if isinstance(raw, list) else (None if raw is None else str(raw))
-        _record(diffs, ds, tag, "\\".join(value) if isinstance(value, list) else value, "replace")
-        _set(ds, tag, value)
+        replacement: Any = [str(v) for v in raw] if isinstance(raw, list) else (None if raw is None else str(raw))
+        _record(diffs, ds, tag, "\\".join(replacement) if isinstance(replacement, list) else replacement, "replace")
+        _set(ds, tag, replacement)
     # The file's meta header follows the dataset.
     meta = getattr(ds, "file_meta", None)
     if meta is not None and "SOPInstanceUID" in ds:
@@ -418,7 +426,8 @@ def _private_creators(ds: Dataset) -> dict[tuple[int, int], str]:
 def _anonymize(ds: Dataset, session: Session, diffs: list[Diff], prefix: str,
                identifiers: dict[str, str], *, top: bool) -> None:
     plan = session.plan
-    creators = _private_creators(ds) if (plan.keep_private or "safe_private" in plan.options) else {}
+    creators = _private_creators(ds)
+    private_removed: dict[int, int] = {}
     for element in list(ds):
         tag = int(element.tag)
         if top and (tag in plan.keep or tag in plan.replace or tag in plan.remove):
@@ -431,7 +440,7 @@ def _anonymize(ds: Dataset, session: Session, diffs: list[Diff], prefix: str,
                     element.tag.group, element.tag.element)
                 keep = creators.get(block, "") in plan.safe_private_creators
             if not keep:
-                diffs.append(Diff(path, "private", _text(element), None, "X"))
+                private_removed[element.tag.group] = private_removed.get(element.tag.group, 0) + 1
                 del ds[element.tag]
             continue
         if top and tag in (PATIENT_ID, PATIENT_NAME):
@@ -482,6 +491,16 @@ def _anonymize(ds: Dataset, session: Session, diffs: list[Diff], prefix: str,
                 if cleaned != before:
                     element.value = cleaned
                     diffs.append(Diff(path, element.keyword or "", before, cleaned, "C"))
+    _summarize_private(diffs, prefix, private_removed, creators)
+
+
+def _summarize_private(diffs: list[Diff], prefix: str, removed: dict[int, int],
+                       creators: dict[tuple[int, int], str]) -> None:
+    # One line per private group (a dry run lists them by the hundred otherwise).
+    for group, count in sorted(removed.items()):
+        names = sorted({c for (g, _e), c in creators.items() if g == group and c})
+        diffs.append(Diff(f"{prefix}{group:04X},xxxx", "private: " + (", ".join(names) or "no creator"),
+                          f"{count} element(s)", None, "X"))
 
 
 def _recurse(element: DataElement, session: Session, diffs: list[Diff], path: str,

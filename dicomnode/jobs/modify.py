@@ -7,16 +7,14 @@ the answer (Orthanc's ``{ID, Path, PatientID, Type, ...}``) is noted in the tran
 from __future__ import annotations
 
 from dicomnode import jobs
-from dicomnode.anonymize.profile import plan_from_body
+from dicomnode.anonymize.profile import plan_for
 from dicomnode.anonymize.run import run
 
 
 def _run(job: jobs.JobContext) -> None:
     params = job.params
     settings = job.settings
-    plan = plan_from_body(params["body"], job.kind, params["level"], profiles=settings.anonymize_profiles,
-                          secret=settings["anonymize.secret"].encode())
-    plan.safe_private_creators = set(settings["anonymize.safe_private_creators"])
+    plan = plan_for(settings, params["body"], job.kind, params["level"])
 
     def progress(done: int, total: int) -> None:
         job.progress(done=done, total=total)

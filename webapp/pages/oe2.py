@@ -32,7 +32,7 @@ bp = Blueprint("oe2", __name__)
 UI_OPTIONS: dict[str, Any] = {
     "EnableStudyList": True, "EnableUpload": True, "EnableDicomModalities": True,
     "EnableDeleteResources": True, "EnableDownloadZip": True, "EnableDownloadDicomDir": True,
-    "EnableDownloadDicomFile": True, "EnableAnonymization": False, "EnableModification": False,
+    "EnableDownloadDicomFile": True, "EnableAnonymization": True, "EnableModification": True,
     "EnableSendTo": True, "EnableApiViewMenu": False, "EnableSettings": True, "EnableAuditLogs": False,
     "EnableLinkToLegacyUi": True, "EnableChangePassword": False, "EnableViewerQuickButton": False,
     "EnableReportQuickButton": False, "EnableEditLabels": True, "AvailableLabels": [],

@@ -12,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from dicomnode.anonymize import run as runner
 from dicomnode.anonymize.profile import Plan
 from dicomnode.anonymize.profile import PlanError
-from dicomnode.anonymize.profile import plan_from_body
+from dicomnode.anonymize.profile import plan_for
 from dicomnode.archive import orthanc
 from dicomnode.archive.index import Export
 from webapp.api.rest import answer
@@ -32,10 +32,7 @@ def user() -> str:
 
 
 def make_plan(body: Any, kind: str, resource_type: str) -> Plan:
-    plan = plan_from_body(body, kind, resource_type, profiles=settings().anonymize_profiles,
-                          secret=settings()["anonymize.secret"].encode())
-    plan.safe_private_creators = set(settings()["anonymize.safe_private_creators"])
-    return plan
+    return plan_for(settings(), body, kind, resource_type)
 
 
 def carry_out(body: Any, kind: str, resource_type: str, public_id: str) -> dict[str, Any]:
