@@ -417,10 +417,21 @@ def _clean_text(text: str, identifiers: dict[str, str]) -> str:
 
 def _private_creators(ds: Dataset) -> dict[tuple[int, int], str]:
     creators = {}
-    for element in ds:
-        if element.tag.is_private and 0x0010 <= element.tag.element <= 0x00FF:
-            creators[(element.tag.group, element.tag.element)] = str(element.value or "")
+    for tag in ds.keys():  # keys only: the other elements stay unparsed
+        if tag.is_private and 0x0010 <= tag.element <= 0x00FF:
+            creators[(tag.group, tag.element)] = str(ds[tag].value or "")
     return creators
+
+
+def _vr_of(ds: Dataset, tag: BaseTag) -> str:
+    """The VR of an element without parsing its value (implicit VR files: the dictionary's)."""
+    vr = getattr(ds.get_item(tag), "VR", None)
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
 
 
 def _anonymize(ds: Dataset, session: Session, diffs: list[Diff], prefix: str,
@@ -428,28 +439,28 @@ def _anonymize(ds: Dataset, session: Session, diffs: list[Diff], prefix: str,
     plan = session.plan
     creators = _private_creators(ds)
     private_removed: dict[int, int] = {}
-    for element in list(ds):
-        tag = int(element.tag)
+    for key in list(ds.keys()):
+        tag = int(key)
         if top and (tag in plan.keep or tag in plan.replace or tag in plan.remove):
             continue  # the request's own lists come after the profile
-        path = _path(prefix, element.tag)
-        if element.tag.is_private:
+        if key.is_private:
             keep = plan.keep_private or (top and tag in plan.keep)
             if not keep and "safe_private" in plan.options:
-                block = (element.tag.group, element.tag.element >> 8) if element.tag.element > 0xFF else (
-                    element.tag.group, element.tag.element)
+                block = (key.group, key.element >> 8) if key.element > 0xFF else (key.group, key.element)
                 keep = creators.get(block, "") in plan.safe_private_creators
             if not keep:
-                private_removed[element.tag.group] = private_removed.get(element.tag.group, 0) + 1
-                del ds[element.tag]
+                private_removed[key.group] = private_removed.get(key.group, 0) + 1
+                del ds[key]
             continue
         if top and tag in (PATIENT_ID, PATIENT_NAME):
             continue  # pseudonyms, set by apply()
         action = _table_action(tag, plan.options)
+        path = _path(prefix, key)
         if action is None or action == "K":
-            if element.VR == "SQ":
-                _recurse(element, session, diffs, path, identifiers)
+            if _vr_of(ds, key) == "SQ":  # only sequences are parsed, to look inside
+                _recurse(ds[key], session, diffs, path, identifiers)
             continue
+        element = ds[key]
         if action == "X/Z/U*":
             _recurse(element, session, diffs, path, identifiers)
             continue
@@ -521,6 +532,22 @@ def _modify_uids(ds: Dataset, session: Session, diffs: list[Diff]) -> None:
             new = session.uid(old)
             diffs.append(Diff(_path("", Tag(tag)), _name(tag), old, new, "U"))
             ds[tag].value = new
+
+
+def encode(ds: Dataset) -> bytes:
+    """The dataset as a file. Elements the profile did not touch are written as read; a file
+    whose elements' VRs were never resolved (read implicit, written explicit) is parsed whole."""
+    import io
+
+    buffer = io.BytesIO()
+    try:
+        ds.save_as(buffer, enforce_file_format=False)
+    except (TypeError, ValueError):
+        for _element in ds.iterall():  # converts every raw element, VR included
+            pass
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=False)
+    return buffer.getvalue()
 
 
 def burned_in_warning(ds: Dataset) -> str:

@@ -8,10 +8,11 @@ stored are deleted again, so no half-anonymized study is left behind.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydicom import dcmread
@@ -20,10 +21,12 @@ from dicomnode.anonymize.profile import Plan
 from dicomnode.anonymize.profile import Session
 from dicomnode.anonymize.profile import apply
 from dicomnode.anonymize.profile import burned_in_warning
+from dicomnode.anonymize.profile import encode
 from dicomnode.archive import orthanc
 from dicomnode.archive import resources
 from dicomnode.archive.index import Export
 from dicomnode.archive.index import utcnow
+from dicomnode.archive.ingest import IngestResult
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.ingest import Source
 from dicomnode.archive.store import Store
@@ -118,6 +121,30 @@ def run(plan: Plan, resource_type: str, public_id: str, *, store: Store, ingesto
     stored: list[str] = []
     warnings: set[str] = set()
     last = None
+    # Instance n is stored (spool, fsync, index: mostly outside the GIL) by a worker thread
+    # while instance n+1 is read and changed here.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{plan.kind}-store")
+    pending: Future[IngestResult] | None = None
+    pending_instance: tuple[Any, str] | None = None
+
+    def settle() -> None:
+        nonlocal last, pending, pending_instance
+        if pending is None or pending_instance is None:
+            return
+        result = pending.result()
+        instance, new_sop = pending_instance
+        pending, pending_instance = None, None
+        if not result.ok:
+            raise DolmenError(f"The copy of instance {instance.public_id} was refused: {result.reason}",
+                              code=result.code or "rejected")
+        if result.status == "stored":
+            stored.append(result.instance_id)
+        elif new_sop == instance.sop_instance_uid:
+            raise DolmenError(f"The copy of instance {instance.public_id} keeps its SOPInstanceUID, so it is "
+                              "the same instance to the archive and was not stored: let the UIDs be renewed "
+                              "(drop SOPInstanceUID from Keep)", code="conflict")
+        last = result
+
     try:
         for n, instance in enumerate(instances, 1):
             if cancelled is not None and cancelled():
@@ -127,22 +154,23 @@ def run(plan: Plan, resource_type: str, public_id: str, *, store: Store, ingesto
             warning = burned_in_warning(ds)
             if warning:
                 warnings.add(warning)
-            buffer = io.BytesIO()
-            ds.save_as(buffer, enforce_file_format=False)
-            result = ingestor.ingest_bytes(buffer.getvalue(), source, owner=plan.kind)
-            if not result.ok:
-                raise DolmenError(f"The copy of instance {instance.public_id} was refused: {result.reason}",
-                                  code=result.code or "rejected")
-            if result.status == "stored":
-                stored.append(result.instance_id)
-            elif str(ds.get("SOPInstanceUID", "")) == instance.sop_instance_uid:
-                raise DolmenError(f"The copy of instance {instance.public_id} keeps its SOPInstanceUID, so it is "
-                                  "the same instance to the archive and was not stored: let the UIDs be renewed "
-                                  "(drop SOPInstanceUID from Keep)", code="conflict")
-            last = result
-            if progress is not None:
-                progress(n, len(instances))
+            data = encode(ds)
+            settle()
+            pending = pool.submit(_store, ingestor, data, source, plan.kind)
+            pending_instance = (instance, str(ds.get("SOPInstanceUID", "")))
+            if progress is not None and n > 1:
+                progress(n - 1, len(instances))
+        settle()
+        if progress is not None:
+            progress(len(instances), len(instances))
     except Exception as exc:
+        if pending is not None:  # the copy in flight: wait for it, so that it is deleted too
+            try:
+                result = pending.result()
+                if result.status == "stored":
+                    stored.append(result.instance_id)
+            except Exception:  # noqa: BLE001 - the first error is the one raised
+                pass
         for instance_id in reversed(stored):
             try:
                 resources.delete(store, resources.INSTANCE, instance_id)
@@ -150,6 +178,8 @@ def run(plan: Plan, resource_type: str, public_id: str, *, store: Store, ingesto
                 pass
         Export.update(status="failure", message=str(exc)[:2000]).where(Export.pk == entry.pk).execute()
         raise
+    finally:
+        pool.shutdown(wait=True)
     if last is None:
         Export.update(status="failure", message="nothing to do: the resource has no instances").where(
             Export.pk == entry.pk).execute()
@@ -170,11 +200,18 @@ def run(plan: Plan, resource_type: str, public_id: str, *, store: Store, ingesto
             "Type": resource_type, "Warnings": sorted(warnings), "Journal": entry.pk}
 
 
+def _store(ingestor: Ingestor, data: bytes, source: Source, kind: str) -> IngestResult:
+    from dicomnode.archive import index
+
+    try:
+        return ingestor.ingest_bytes(data, source, owner=kind)
+    finally:
+        index.close_index()  # this thread's connection, not kept by a pool thread
+
+
 def one_instance(plan: Plan, public_id: str, store: Store) -> bytes:
     """``POST /instances/{id}/anonymize|modify``: the changed file, not stored (as Orthanc)."""
     instance = _row("Instance", public_id)
     ds = _read(store, instance)
     apply(ds, Session(plan))
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=False)
-    return buffer.getvalue()
+    return encode(ds)
