@@ -9,6 +9,14 @@ document.addEventListener("submit", function (event) {
 
 // == Browse and upload (webapp/browse.py, webapp/upload.py) ====================================
 (function () {
+  // The study list's "tick every study of this page" box.
+  document.addEventListener("change", function (event) {
+    var box = event.target, name = box.getAttribute && box.getAttribute("data-pick-all");
+    if (!name) return;
+    var table = box.closest("table");
+    table.querySelectorAll('input[type=checkbox][name="' + name + '"]').forEach(function (b) { b.checked = box.checked; });
+  });
+
   // A list row opens its page when clicked anywhere; the links inside work without this.
   document.addEventListener("click", function (event) {
     var row = event.target.closest && event.target.closest("tr[data-href]");

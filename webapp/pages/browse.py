@@ -32,6 +32,7 @@ from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
 from dicomnode.archive.index import Study
 from dicomnode.errors import DolmenError
+from dicomnode.errors import NotFound
 from dicomnode.render import PRESET_LABELS
 from dicomnode.render import WINDOW_PRESETS
 from dicomnode.render import placeholder
@@ -102,9 +103,9 @@ def _int_arg(name: str, default: int, low: int = 1, high: int | None = None) -> 
     return min(value, high) if high is not None else value
 
 
-def _date_arg(name: str) -> str:
+def _date_arg(name: str, args: Any = None) -> str:
     """A date field (``2024-01-31`` from <input type=date>, or ``20240131``) as DICOM DA."""
-    raw = request.args.get(name, "").strip()
+    raw = (request.args if args is None else args).get(name, "").strip()
     if not raw:
         return ""
     digits = raw.replace("-", "")
@@ -172,22 +173,27 @@ def _render_list(page: str, partial: str, level: str, filters: dict[str, str],
 # -- lists -------------------------------------------------------------------------------------
 
 
+def _study_filters(args: Any) -> tuple[dict[str, str], Any]:
+    """The study list's filters (and label condition) from its address's arguments."""
+    filters = {
+        "PatientName": _contains(args.get("name", "")),
+        "PatientID": args.get("pid", "").strip(),
+        "AccessionNumber": args.get("accession", "").strip(),
+        "StudyDescription": _contains(args.get("description", "")),
+        "ModalitiesInStudy": args.get("modality", "").strip(),
+        "StudyDate": _date_range(args.get("date", ""), _date_arg("from", args), _date_arg("to", args)),
+    }
+    label = args.get("label", "").strip()
+    return filters, (changes.with_labels("Study", [label]) if label else None)
+
+
 @bp.route("/studies")
 def studies() -> ResponseReturnValue:
     """The study list, the landing page: filters, sortable columns, pages and a count."""
     args = request.args
     filters: dict[str, str] = {}
     try:
-        filters = {
-            "PatientName": _contains(args.get("name", "")),
-            "PatientID": args.get("pid", "").strip(),
-            "AccessionNumber": args.get("accession", "").strip(),
-            "StudyDescription": _contains(args.get("description", "")),
-            "ModalitiesInStudy": args.get("modality", "").strip(),
-            "StudyDate": _date_range(args.get("date", ""), _date_arg("from"), _date_arg("to")),
-        }
-        label = args.get("label", "").strip()
-        where = changes.with_labels("Study", [label]) if label else None
+        filters, where = _study_filters(args)
     except (query.QueryError, changes.BadLabel) as exc:
         return htmx.render("browse/studies.html", "browse/_studies.html", http_status=400,
                            form=args, error=exc.message, results=query.Page([], 1, 50, 0), sort="date",
@@ -249,6 +255,89 @@ def study_labels(public_id: str) -> ResponseReturnValue:
     except changes.BadLabel as exc:
         flash(exc.message, "error")
     return redirect(url_for("browse.study", public_id=public_id) + "#labels", code=303)
+
+
+#: Most studies one bulk action takes ("all matching" included).
+BULK_MAX = 10000
+
+
+def _bulk_rows() -> list[Any]:
+    """The studies a bulk action applies to: the ticked ones, or every one matching the list's
+    filters (the list's address travels in ``query``)."""
+    form = request.form
+    if form.get("all_matching"):
+        from urllib.parse import parse_qs
+
+        args = {k: v[0] for k, v in parse_qs(form.get("query", "")).items()}
+        filters, where = _study_filters(args)
+        q = query.select(query.STUDY, filters)
+        if where is not None:
+            q = q.where(where)
+        rows = list(q.order_by(Study.pk).limit(BULK_MAX + 1))
+    else:
+        ids = form.getlist("ids")[: BULK_MAX + 1]
+        rows = list(Study.select().where(Study.public_id.in_(ids))) if ids else []
+    if len(rows) > BULK_MAX:
+        raise query.QueryError(f"More than {BULK_MAX:,} studies: narrow the filters first")
+    return rows
+
+
+@bp.route("/studies/bulk", methods=["POST"])
+def studies_bulk() -> ResponseReturnValue:
+    """The study list's bulk actions on the ticked (or all matching) studies: anonymize, send,
+    download as one ZIP, label, delete (after a confirmation)."""
+    action = request.form.get("action", "")
+    back = url_for("browse.studies") + ("?" + request.form["query"] if request.form.get("query") else "")
+    try:
+        rows = _bulk_rows()
+    except (query.QueryError, changes.BadLabel) as exc:
+        flash(exc.message, "error")
+        return redirect(back, code=303)
+    if not rows:
+        flash("Tick at least one study (or “all matching”) first.", "error")
+        return redirect(back, code=303)
+    noun = f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'}"
+    if action == "zip":
+        return files.archive_response([("study", r) for r in rows], name=f"dolmen-{len(rows)}-studies")
+    if action == "label":
+        label = request.form.get("label", "").strip()
+        try:
+            for row in rows:
+                changes.add_label("Study", row, label)
+        except changes.BadLabel as exc:
+            flash(exc.message, "error")
+            return redirect(back, code=303)
+        flash(f"Labelled {noun} {label}.", "ok")
+        return redirect(back, code=303)
+    if action == "anonymize":
+        from webapp.pages.auth import current_user
+
+        who = current_user() or request.remote_addr or ""
+        for row in rows:
+            services().control.call("job_submit", kind="anonymize", target="study", description=(
+                f"Anonymize study {row.study_description or row.public_id}")[:255],
+                params={"body": {}, "level": "Study", "id": row.public_id, "user": who})
+        flash(f"Anonymizing {noun}: one job each, below.", "ok")
+        return redirect(url_for("jobs.jobs"), code=303)
+    if action == "send":
+        job_id = services().control.call(
+            "send", modality=request.form.get("modality", ""), description=f"{noun} from the study list",
+            resources=[{"level": "study", "id": r.public_id} for r in rows])["job"]
+        return redirect(url_for("jobs.job", job_id=job_id), code=303)
+    if action == "delete":
+        if request.form.get("confirm") != str(len(rows)):
+            return render_template("browse/bulk_delete.html", rows=rows, form=request.form,
+                                   instances=sum(r.num_instances for r in rows), size=sum(r.size for r in rows))
+        cache = resources.ThumbnailCache(services().store.root)
+        for row in rows:
+            try:
+                resources.delete(services().store, "study", row.public_id, cache=cache)
+            except NotFound:
+                pass  # deleted by someone else meanwhile
+        flash(f"Deleted {noun}.", "ok")
+        return redirect(back, code=303)
+    flash(f"Unknown action {action[:40]!r}.", "error")
+    return redirect(back, code=303)
 
 
 @bp.route("/series/<public_id>")
