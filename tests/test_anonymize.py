@@ -242,6 +242,7 @@ def test_bad_requests_are_refused_and_nothing_is_written(api: Any) -> None:
     assert "Unknown field" in error(api.post(f"/studies/{study}/anonymize", json={"Replace": {}, "Foo": 1}), 400)
     assert "more than one" in error(api.post(f"/studies/{study}/modify",
                                              json={"Replace": {"StudyID": "1"}, "Remove": ["StudyID"]}), 400)
+    assert "Transcode" in error(api.post(f"/studies/{study}/anonymize", json={"Transcode": "1.2.840.10008.1.2"}), 400)
     assert "Options belong" in error(api.post(f"/studies/{study}/modify", json={"Options": ["RetainUIDs"]}), 400)
     assert api.post(f"/studies/{study}/anonymize", data="{bad").json["OrthancStatus"] == 28
     assert api.post("/studies/00000000-00000000-00000000-00000000-00000000/anonymize", json={}).status_code == 404

@@ -48,7 +48,8 @@ def rows(page: BeautifulSoup, table: str = "#study-table") -> list[BeautifulSoup
 
 
 def column(page: BeautifulSoup, n: int, table: str = "#study-table") -> list[str]:
-    return [r.select("td")[n].get_text(" ", strip=True) for r in rows(page, table)]
+    """The n-th data column (the tick box of the bulk actions, td.pick, is not counted)."""
+    return [r.select("td:not(.pick)")[n].get_text(" ", strip=True) for r in rows(page, table)]
 
 
 @pytest.fixture(scope="module")

@@ -185,6 +185,8 @@ def plan_from_body(body: Any, kind: str, level: str, *, profiles: Mapping[str, M
                 "DryRun", "RemovePrivateTags", "KeepLabels"):
         if key in body and not isinstance(body[key], bool):
             raise PlanError(f"{key} must be true or false")
+    if body.get("Transcode"):
+        raise PlanError("Transcode is not supported: Dolmen keeps each file's transfer syntax")
     version = body.get("DicomVersion")
     if version is not None and (not isinstance(version, str) or version not in ORTHANC_DICOM_VERSIONS | {e11.EDITION}):
         raise PlanError(f"DicomVersion {str(version)[:20]!r} is not known: Dolmen applies {e11.EDITION} "

@@ -103,7 +103,7 @@ def test_browse_the_archive(page: Any, demo_files: list[Path], short_tmp: Path) 
     page.goto("/studies")
     page.locator("th a", has_text="Patient ID").click()
     page.wait_for_url(re.compile(r"sort=id"))
-    ids = page.locator("#study-table tbody tr[data-href] td:nth-child(2)").all_inner_texts()
+    ids = page.locator("#study-table tbody tr[data-href] td:nth-child(3)").all_inner_texts()  # after the tick box
     assert ids == sorted(ids)
     shot(page, "studies")
 
