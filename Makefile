@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?=
 HTMX_VERSION ?= 2.0.11
-DEBIAN_TEST_PACKAGES := dcmtk orthanc orthanc-dicomweb chromium socat
+DEBIAN_TEST_PACKAGES := dcmtk orthanc orthanc-dicomweb chromium socat postgresql
 
 .PHONY: run test test-long lint vendor-htmx deid-table install install-test debian-test-packages clean
 

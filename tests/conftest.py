@@ -391,13 +391,77 @@ def orthanc_factory(short_tmp: Path) -> Iterator[Callable[..., OrthancProcess]]:
         server.stop()
 
 
-@pytest.fixture
-def index_url(tmp_path: Path) -> Iterator[str]:
-    """An empty index: a SQLite file, or the PostgreSQL database in ``$DOLMEN_TEST_DATABASE``
+def _postgres_binaries() -> Path | None:
+    """Debian's PostgreSQL server programs (``apt-get install postgresql``), if installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@dataclass
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on a free port of 127.0.0.1, for the session."""
+
+    folder: Path
+    port: int
+    bin: Path
+    as_user: list[str]
+
+    def url(self, database: str = "dolmen") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.as_user, str(self.bin / program), *args], check=True, capture_output=True,
+                              text=True, timeout=120)
+
+    def create_database(self, name: str) -> str:
+        self.run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return self.url(name)
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate",
+                        "stop"], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL (Debian's ``postgresql``), started once for the session (skipped where
+    it is not installed). As root, the cluster runs as the ``postgres`` user."""
+    binaries = _postgres_binaries()
+    if binaries is None:
+        pytest.skip("Debian's postgresql is not installed (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="dolmen-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    cluster = PostgresCluster(folder, free_port(), binaries, as_user)
+    cluster.run("initdb", "-D", str(folder / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                "--no-sync")
+    cluster.run("pg_ctl", "-D", str(folder / "data"), "-w", "-l", str(folder / "log"), "-o",
+                f"-p {cluster.port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_DATABASES = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty index, once on a SQLite file and once on PostgreSQL: a database of its own in the
+    session's throwaway cluster (:func:`postgres`), or the one in ``$DOLMEN_TEST_DATABASE``
     (its Dolmen tables are dropped before and after the test)."""
     from dicomnode.archive import index
 
-    url = os.environ.get("DOLMEN_TEST_DATABASE") or f"sqlite:///{tmp_path / 'index.db'}"
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'index.db'}"
+    elif os.environ.get("DOLMEN_TEST_DATABASE"):
+        url = os.environ["DOLMEN_TEST_DATABASE"]
+    else:
+        url = request.getfixturevalue("postgres").create_database(f"t{next(_DATABASES)}")
     if url.startswith("postgres"):
         database = index.open_index(url)
         database.drop_tables(index.MODELS, safe=True, cascade=True)

@@ -40,6 +40,9 @@ LOGGER = logging.getLogger(__name__)
 STORED = "stored"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
+#: Attempts of an ingest transaction that another writer's rows made fail (PostgreSQL, two nodes).
+RACE_ATTEMPTS = 5
+
 
 @dataclass(frozen=True)
 class Source:
@@ -205,19 +208,29 @@ class Ingestor:
         rel = placed.rel
         old_path: str | None = None
         try:
-            with write_transaction():
-                found = _existing(head.sop_instance_uid)
-                if found is not None:
-                    if found[1] != inid:
-                        raise _Refused(self._conflict_reason(found[0]))
-                    if not self.overwrite:
-                        raise _Duplicate(found)
-                    old_path = found[2]
-                    remove_instance_rows([found[0]], prune=False)  # same series: keep parents
-                self._insert(head, source, rel, size, pid, stid, seid, inid)
-                # The statements ran while the folder was being fsynced; the rows commit
-                # only once the file is durable under its name (the crash contract).
-                placed.wait()
+            for attempt in range(1, RACE_ATTEMPTS + 1):
+                try:
+                    with write_transaction():
+                        found = _existing(head.sop_instance_uid)
+                        if found is not None:
+                            if found[1] != inid:
+                                raise _Refused(self._conflict_reason(found[0]))
+                            if not self.overwrite:
+                                raise _Duplicate(found)
+                            old_path = found[2]
+                            remove_instance_rows([found[0]], prune=False)  # same series: keep parents
+                        self._insert(head, source, rel, size, pid, stid, seid, inid)
+                        # The statements ran while the folder was being fsynced; the rows commit
+                        # only once the file is durable under its name (the crash contract).
+                        placed.wait()
+                    break
+                except peewee.IntegrityError:
+                    # Another node (another process on the same PostgreSQL index) created the
+                    # same patient, study, series or instance between our reads and our
+                    # inserts: the transaction was rolled back; the next attempt sees its rows.
+                    if attempt == RACE_ATTEMPTS:
+                        raise
+                    LOGGER.debug("ingest of %s raced another writer (attempt %d)", inid, attempt)
         except _Duplicate as dup:
             self.store.delete(rel)
             return self._duplicate(dup.found, inid, base)
