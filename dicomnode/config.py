@@ -163,6 +163,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dicomweb.wado_root", str, "/wado", "Path of the WADO-URI service.", _check_root),
     Setting("anonymize.secret", str, "", "Project secret for stable pseudonyms: the same patient and UIDs anonymized twice (or at two sites sharing it) get the same new values; empty: random each time.", None),
     Setting("anonymize.safe_private_creators", list, [], "Private creators whose blocks the RetainSafePrivate option keeps (e.g. [\"SIEMENS CSA HEADER\"]).", None),
+    Setting("jobs.node", str, "", "This node's name in the shared jobs table (several nodes on one PostgreSQL index); empty: host name and storage folder.", None),
     Setting("jobs.concurrency", int, 2, "Jobs (send, retrieve, DICOMweb transfers) run at once by the DICOM service.", _positive),
 )
 

@@ -62,3 +62,29 @@ def test_two_nodes_receiving_the_same_study_at_once(postgres: Any, tmp_path: Pat
         assert Series.select().count() == 9 and Study.select().count() == 3
     finally:
         index.close_index()
+
+
+def test_a_restarting_node_leaves_the_other_nodes_jobs_alone(index_url: str) -> None:
+    """Its own jobs left running, and those of a node silent for a minute, are interrupted; a
+    live node's running job is not."""
+    import datetime as dt
+
+    from dicomnode import jobs
+    from dicomnode.archive import index
+    from dicomnode.archive.index import Job
+    from dicomnode.archive.index import utcnow
+
+    index.open_index(index_url)
+    try:
+        now = utcnow()
+        mine = Job.create(kind="send", state="running", node="node-a", beat_at=now)
+        alive = Job.create(kind="send", state="running", node="node-b", beat_at=now)
+        dead = Job.create(kind="send", state="running", node="node-c", beat_at=now - dt.timedelta(seconds=300))
+        old = Job.create(kind="send", state="running")  # from a Dolmen before node names
+        assert jobs.mark_interrupted("node-a") == 3
+        states = {j.pk: (j.state, j.error) for j in Job.select()}
+        assert states[alive.pk] == ("running", "")
+        for job in (mine, dead, old):
+            assert states[job.pk] == ("failure", jobs.INTERRUPTED)
+    finally:
+        index.close_index()

@@ -197,6 +197,8 @@ class Job(BaseModel):
     started_at = DateTimeField(null=True)
     ended_at = DateTimeField(null=True)
     cancel_requested = BooleanField(default=False)
+    node = CharField(default="")  # the node running it (several nodes share a PostgreSQL index)
+    beat_at = DateTimeField(null=True)  # that node's last sign of life while it runs the job
 
 
 class AssociationEvent(BaseModel):
@@ -399,7 +401,8 @@ def _add_missing_columns(database: peewee.Database) -> None:
     children. Two processes may open an old index at once: a column the other added is fine.
     """
     ddl = {TextField: "TEXT NOT NULL DEFAULT ''", CharField: "VARCHAR(255) NOT NULL DEFAULT ''",
-           BooleanField: "BOOLEAN NOT NULL DEFAULT FALSE", IntegerField: "INTEGER NOT NULL DEFAULT 0"}
+           BooleanField: "BOOLEAN NOT NULL DEFAULT FALSE", IntegerField: "INTEGER NOT NULL DEFAULT 0",
+           DateTimeField: "TIMESTAMP"}  # a nullable date: the new rows set it
     for model in MODELS:
         table = model._meta.table_name
         present = {c.name for c in database.get_columns(table)}

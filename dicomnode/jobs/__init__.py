@@ -318,16 +318,33 @@ def duration(job: Job) -> float | None:
     return max(0.0, (end - job.started_at).total_seconds())
 
 
-def mark_interrupted() -> int:
-    """Mark jobs left ``running`` by a previous sidecar as failed; return how many."""
+#: Seconds between a runner's heartbeats on the jobs it runs, and after which a running job
+#: whose node has been silent is taken for dead (marked interrupted, so it can be retried).
+HEARTBEAT = 10.0
+STALE_AFTER = 60.0
+
+
+def node_name(settings: Settings) -> str:
+    """This node's name in the jobs table: ``[jobs] node``, else host name and storage folder."""
+    import socket
+
+    return settings["jobs.node"] or f"{socket.gethostname()}:{settings.storage_path}"[:255]
+
+
+def mark_interrupted(node: str = "", *, stale_after: float = STALE_AFTER) -> int:
+    """Mark as failed the jobs left ``running`` by this node's previous sidecar, and those of any
+    node silent for ``stale_after`` seconds (it died); the other nodes' live jobs are left alone.
+    How many were marked."""
+    silent = utcnow() - dt.timedelta(seconds=stale_after)
     with write_transaction():
         count = (
             Job.update(state=FAILURE, error=INTERRUPTED, ended_at=utcnow())
-            .where(Job.state == RUNNING)
+            .where((Job.state == RUNNING) & ((Job.node == node) | (Job.node == "") | Job.beat_at.is_null()
+                                             | (Job.beat_at < silent)))
             .execute()
         )
     if count:
-        LOGGER.warning("%d job(s) were interrupted by a restart of the DICOM service", count)
+        LOGGER.warning("%d job(s) were interrupted by a restart of the DICOM service (or a node's death)", count)
     return int(count)
 
 
@@ -485,6 +502,7 @@ class Runner:
         self.settings = settings
         self.ingestor = ingestor
         self.concurrency = concurrency or int(settings["jobs.concurrency"])
+        self.node = node_name(settings)
         self._wakeup = threading.Condition()
         self._pending_wake = False
         self._stopping = threading.Event()
@@ -496,12 +514,39 @@ class Runner:
         """Load the kinds, mark interrupted jobs, start the threads."""
         global _RUNNER
         load_kinds()
-        mark_interrupted()
+        mark_interrupted(self.node)
         _RUNNER = self
         for n in range(self.concurrency):
             thread = threading.Thread(target=self._loop, name=f"job-runner-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        beat = threading.Thread(target=self._heartbeat, name="job-heartbeat", daemon=True)
+        beat.start()
+        self._threads.append(beat)
+
+    def _heartbeat(self) -> None:
+        """Say every :data:`HEARTBEAT` seconds that this node's running jobs are alive, and take
+        for dead the running jobs of nodes silent for :data:`STALE_AFTER` seconds."""
+        from dicomnode.archive import index
+
+        try:
+            while not self._stopping.wait(HEARTBEAT):
+                try:
+                    ids = self.running()
+                    if ids:
+                        with write_transaction():
+                            Job.update(beat_at=utcnow()).where(Job.pk.in_(ids) & (Job.node == self.node)).execute()
+                    stale = utcnow() - dt.timedelta(seconds=STALE_AFTER)
+                    with write_transaction():
+                        dead = (Job.update(state=FAILURE, error=INTERRUPTED, ended_at=utcnow())
+                                .where((Job.state == RUNNING) & (Job.node != self.node) & (Job.beat_at < stale))
+                                .execute())
+                    if dead:
+                        LOGGER.warning("%d job(s) of a silent node marked interrupted", dead)
+                except peewee.DatabaseError as exc:
+                    LOGGER.warning("Job heartbeat cannot write the index: %s", exc)
+        finally:
+            index.close_index()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask running jobs to stop at their next cancel point and wait a little for them.
@@ -579,7 +624,8 @@ class Runner:
                     ).where((Job.pk == row.pk) & (Job.state == PENDING)).execute()
                     continue
                 claimed = (
-                    Job.update(state=RUNNING, started_at=utcnow(), ended_at=None, error="")
+                    Job.update(state=RUNNING, started_at=utcnow(), ended_at=None, error="", node=self.node,
+                               beat_at=utcnow())
                     .where((Job.pk == row.pk) & (Job.state == PENDING))
                     .execute()
                 )
