@@ -26,15 +26,15 @@ def test_no_status_literal_outside_the_vocabulary() -> None:
     for path in sorted([*ROOT.joinpath("dicomnode").rglob("*.py"), *ROOT.joinpath("webapp").rglob("*.py")]):
         if path == ROOT / "dicomnode" / "status.py":
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            compared = ast.get_source_segment(path.read_text(encoding="utf-8"), node) or ""
-            if isinstance(node, ast.Compare) and re.search(r"code|status", compared, re.I):
+        text = path.read_text(encoding="utf-8")  # once: get_source_segment re-splits it on each call
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Compare) and re.search(r"code|status", ast.get_source_segment(text, node) or "", re.I):
                 for side in [node.left, *node.comparators]:
-                    segment = ast.get_source_segment(path.read_text(encoding="utf-8"), side) or ""
+                    segment = ast.get_source_segment(text, side) or ""
                     if isinstance(side, ast.Constant) and _STATUS_LITERAL.match(segment):
                         found.append(f"{path.relative_to(ROOT)}:{node.lineno} {segment}")
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-                segment = ast.get_source_segment(path.read_text(encoding="utf-8"), node.value) or ""
+                segment = ast.get_source_segment(text, node.value) or ""
                 if _STATUS_LITERAL.match(segment) and any(
                         isinstance(t, ast.Name) and t.id.isupper() for t in node.targets):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} {segment}")
