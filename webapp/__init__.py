@@ -17,7 +17,7 @@ from dicomnode import config
 from dicomnode import render
 from dicomnode.archive import index
 from dicomnode.archive.ingest import Ingestor
-from dicomnode.archive.store import Store
+from dicomnode.archive.store import open_store
 from dicomnode.control import ControlClient
 from webapp import paths
 from webapp.services import Services
@@ -78,8 +78,7 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
     app.config["MAX_FORM_PARTS"] = 20000
 
-    store = Store(settings.storage_path, fsync=settings["storage.fsync"],
-                  min_free_mb=settings["storage.min_free_mb"])
+    store = open_store(settings)
     index.open_index(settings.database_url, synchronous_full=False)
     index.close_index()
     render.start_decoding()  # compressed frames decode in worker processes (dicomnode.render.decodepool)

@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dicomnode.archive import index
     from dicomnode.archive import reconcile
     from dicomnode.archive.ingest import Ingestor
-    from dicomnode.archive.store import Store
+    from dicomnode.archive.store import open_store
     from dicomnode.control import check_socket_path
     from dicomnode.supervisor import Supervisor
     from webapp import create_app
@@ -52,8 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _logging(settings)
     try:
         check_socket_path(settings.control_socket)
-        store = Store(settings.storage_path, fsync=settings["storage.fsync"],
-                      min_free_mb=settings["storage.min_free_mb"])
+        store = open_store(settings)
         index.open_index(settings.database_url, synchronous_full=False)
         reconcile.run(store, Ingestor(store, overwrite=settings["storage.overwrite"]))
         index.close_index()
@@ -131,12 +130,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     from dicomnode.archive import index
     from dicomnode.archive.ingest import Ingestor
     from dicomnode.archive.ingest import Source
-    from dicomnode.archive.store import Store
+    from dicomnode.archive.store import open_store
 
     settings = _settings(args.config)
     logging.basicConfig(level=logging.WARNING)
-    store = Store(settings.storage_path, fsync=settings["storage.fsync"],
-                  min_free_mb=settings["storage.min_free_mb"])
+    store = open_store(settings)
     index.open_index(settings.database_url, synchronous_full=False)
     ingestor = Ingestor(store, overwrite=settings["storage.overwrite"])
     missing = [p for p in args.paths if not os.path.exists(p)]
@@ -161,6 +159,53 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(f"{counts['stored']} stored, {counts['duplicate']} already stored, "
           f"{counts['rejected']} rejected ({len(items)} files)")
     return 0 if counts["rejected"] == 0 else 1
+
+
+def cmd_migrate_storage(args: argparse.Namespace) -> int:
+    """Copy the file store into the bucket of ``[storage.s3]`` (resumable, verified)."""
+    from tqdm import tqdm
+
+    from dicomnode.archive import index
+    from dicomnode.archive import migrate
+    from dicomnode.archive.s3store import S3Store
+
+    settings = _settings(args.config)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        dest = S3Store(settings.storage_path, endpoint=settings["storage.s3.endpoint"],
+                       bucket=settings["storage.s3.bucket"], region=settings["storage.s3.region"],
+                       access_key=settings["storage.s3.access_key"], secret_key=settings["storage.s3.secret_key"],
+                       prefix=settings["storage.s3.prefix"], timeout=settings["storage.s3.timeout"])
+        dest.check_bucket()
+        index.open_index(settings.database_url, synchronous_full=False)
+        with tqdm(unit="object", disable=args.quiet or not sys.stderr.isatty()) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            report = migrate.migrate(migrate.source_store(settings.storage_path), dest, threads=args.jobs,
+                                     progress=progress)
+    except DolmenError as exc:
+        print(f"dolmen migrate-storage: {exc.message}", file=sys.stderr)
+        return 3
+    print(f"{report.indexed} indexed objects: {report.copied} copied ({report.bytes_copied / 1e6:.1f} MB), "
+          f"{report.already} already in {dest.describe()}")
+    for rel in report.missing:
+        print(f"missing from the file store: {rel}", file=sys.stderr)
+    for rel, why in report.failed:
+        print(f"not copied: {rel}: {why}", file=sys.stderr)
+    for rel in report.unverified:
+        print(f"not in the bucket with its size after the copy: {rel}", file=sys.stderr)
+    if not report.complete:
+        print("Not complete: run it again to retry what failed (what is in the bucket is not sent again).",
+              file=sys.stderr)
+        return 1
+    now = "" if settings["storage.objects"] == "s3" else (
+        ' Now stop Dolmen, run this once more (it copies what arrived meanwhile), set [storage] objects = "s3"'
+        " and start Dolmen again.")
+    print(f"Every indexed object is in the bucket with its size.{now}")
+    return 0
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -216,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no per-file messages")
     p.set_defaults(func=cmd_import)
+    p = with_config(sub.add_parser("migrate-storage", help="copy the file store into the S3 bucket of [storage.s3]"))
+    p.add_argument("--jobs", type=int, default=8, help="objects uploaded at once (default 8)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_migrate_storage)
     p = sub.add_parser("demo-data", help="write a deterministic synthetic data set")
     p.add_argument("out", help="output folder")
     p.add_argument("--patients", type=int, default=4)

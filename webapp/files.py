@@ -6,6 +6,7 @@ One implementation of each download: the browse pages (``/instances/<id>/file``,
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -158,7 +159,7 @@ def archive_response(chosen: Iterable[tuple[str, Any]], name: str | None = None)
             series_label = f"SE{'' if se_number is None else se_number} {modality} {se_desc}".strip()
             entries.append((archive_name(f"{pname} {pid}".strip(), f"{st_date} {st_desc}".strip(), series_label,
                                          f"IM{pk if number is None else number:05}.dcm"),
-                            store.path(path)))
+                            functools.partial(store.path, path)))  # fetched at its turn (object store)
     if name is None:
         name = _label(*chosen[0]) if len(chosen) == 1 else "Archive"
     response = Response(stream_zip(entries), mimetype="application/zip")

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 from dicomnode.archive.index import Instance
 from dicomnode.archive.ingest import Ingestor
 from dicomnode.archive.ingest import Source
 from dicomnode.archive.store import Store
+from dicomnode.errors import NotFound
+
+#: Objects of a shared store (S3) younger than this are never debris: another node may be
+#: about to commit their rows.
+SHARED_GRACE_SECONDS = 3600
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,32 +68,39 @@ def run(store: Store, ingestor: Ingestor, *, spool_owners: tuple[str, ...] | Non
         report.spool_removed += store.clear_spool(owner)
     known = {path for (path,) in Instance.select(Instance.path).tuples()}
     on_disk = set(store.iter_files())
+    if store.shared:
+        # Other nodes put objects into the same bucket and commit their rows a moment later:
+        # a young object without a row is another node's work in progress, not debris.
+        grace = time.time() - SHARED_GRACE_SECONDS
+        before = grace if before is None else min(before, grace)
     for rel in sorted(on_disk - known):
-        full = store.root / rel
-        try:
-            if before is not None and os.stat(full).st_mtime >= before:
+        if before is not None:
+            mtime = store.mtime(rel)
+            if mtime is None or mtime >= before:
                 continue  # written by a reception running now, not left by a crash
-        except FileNotFoundError:
-            continue
         if _has_row(rel):
             continue  # its ingest committed since the listing
-        # Ingest a hard link so that the original survives a rejection (and is quarantined).
+        # Ingest a copy (a hard link in the file store) so that the original survives a
+        # rejection (and is quarantined).
         spool = store.spool_dir("reconcile") / os.path.basename(rel)
-        os.link(full, spool)
+        try:
+            store.fetch(rel, spool)
+        except (FileNotFoundError, NotFound):
+            continue
         result = ingestor.ingest_spooled(spool, Source("import"))
         if _has_row(rel):
             continue  # a live ingest filed this very file meanwhile: it is not debris
         if result.ok:
-            os.unlink(full)  # the ingested copy lives under a new name now
+            store.delete(rel)  # the ingested copy lives under a new name now
             if result.status == "stored":
                 report.reindexed += 1
             else:
                 report.duplicates_removed += 1
         else:
-            store.quarantine(full, result.reason)
+            store.set_aside(rel, result.reason)
             report.quarantined += 1
     report.missing_files = len(known - on_disk)
     if report.missing_files:
-        LOGGER.warning("%d indexed instance(s) have no file in %s", report.missing_files, store.files)
+        LOGGER.warning("%d indexed instance(s) have no file in %s", report.missing_files, store.describe())
     LOGGER.info("Reconciliation: %s", report)
     return report

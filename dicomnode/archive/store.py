@@ -100,6 +100,9 @@ class Store:
         :meth:`check_space` raises :class:`StorageFull` below this much free space.
     """
 
+    #: Whether other nodes write into the same objects (reconciliation leaves young ones alone).
+    shared = False
+
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, min_free_mb: int = 0) -> None:
         self.root = Path(root).resolve()
         self.fsync = fsync
@@ -309,8 +312,12 @@ class Store:
             raise NotFound(f"No stored file at {rel!r}")
         return candidate
 
-    def open(self, rel: str) -> BinaryIO:
-        """Open a stored file for reading."""
+    def describe(self) -> str:
+        """Where the objects are, for messages."""
+        return str(self.files)
+
+    def open(self, rel: str, size: int | None = None) -> BinaryIO:
+        """Open a stored file for reading (``size``, when known, spares the object store a request)."""
         try:
             return open(self.path(rel), "rb")
         except FileNotFoundError:
@@ -332,7 +339,56 @@ class Store:
 
     def iter_files(self) -> Iterator[str]:
         """Every stored file, as a relative path (for reconciliation)."""
+        for rel, _size, _mtime in self.iter_objects():
+            yield rel
+
+    def iter_objects(self) -> Iterator[tuple[str, int, float]]:
+        """Every stored file: (relative path, size, modification time)."""
         for dirpath, _dirnames, filenames in os.walk(self.files):
             for name in filenames:
                 full = os.path.join(dirpath, name)
-                yield os.path.relpath(full, self.root)
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.stat(full)
+                    yield os.path.relpath(full, self.root), st.st_size, st.st_mtime
+
+    def exists(self, rel: str) -> bool:
+        """Whether the object ``rel`` is in the store."""
+        return self.path(rel).is_file()
+
+    def mtime(self, rel: str) -> float | None:
+        """When the object ``rel`` was stored (``None``: it is gone)."""
+        try:
+            return os.stat(self.path(rel)).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def fetch(self, rel: str, dest: Path) -> None:
+        """Make ``dest`` (a spool file) a copy of the object; a hard link here."""
+        os.link(self.path(rel), dest)
+
+    def set_aside(self, rel: str, reason: str) -> None:
+        """Move an object that cannot be indexed to the quarantine folder."""
+        self.quarantine(self.path(rel), reason)
+
+
+def open_store(settings: object) -> Store:
+    """The store the settings name: files under ``storage.path``, or the S3 bucket of ``[storage.s3]``.
+
+    Raises
+    ------
+    ObjectStoreError
+        When ``objects = "s3"`` and the bucket does not answer.
+    """
+    get = settings.__getitem__  # type: ignore[attr-defined]
+    root = settings.storage_path  # type: ignore[attr-defined]
+    if get("storage.objects") == "s3":
+        from dicomnode.archive.s3store import S3Store
+
+        store: Store = S3Store(root, endpoint=get("storage.s3.endpoint"), bucket=get("storage.s3.bucket"),
+                               region=get("storage.s3.region"), access_key=get("storage.s3.access_key"),
+                               secret_key=get("storage.s3.secret_key"), prefix=get("storage.s3.prefix"),
+                               cache_mb=get("storage.s3.cache_mb"),
+                               timeout=get("storage.s3.timeout"), min_free_mb=get("storage.min_free_mb"))
+        store.check_bucket()  # type: ignore[attr-defined]
+        return store
+    return Store(root, fsync=get("storage.fsync"), min_free_mb=get("storage.min_free_mb"))

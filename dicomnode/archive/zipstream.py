@@ -33,9 +33,13 @@ import struct
 import time
 import unicodedata
 import zlib
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
+
+from dicomnode.errors import NotFound
 
 LOGGER = logging.getLogger(__name__)
 
@@ -98,7 +102,7 @@ class _Entry:
 
 
 def stream_zip(
-    entries: Iterable[tuple[str, str | os.PathLike[str]]],
+    entries: Iterable[tuple[str, str | os.PathLike[str] | Callable[[], str | os.PathLike[str]]]],
     *,
     chunk_size: int = 1 << 16,
 ) -> Iterator[bytes]:
@@ -111,9 +115,10 @@ def stream_zip(
 
     Parameters
     ----------
-    entries : iterable of (str, path-like)
+    entries : iterable of (str, path-like or callable)
         Entry name inside the archive (``/`` separated, ideally made by
-        :func:`archive_name`) and the file to store under it. Each component of the name
+        :func:`archive_name`) and the file to store under it (or a function returning it,
+        called when the entry's turn comes). Each component of the name
         is cleaned again as by :func:`archive_name` and empty or dot-only components are
         dropped, so no name can escape the folder the archive is extracted to; a name
         already used (ignoring case) gets a ``_2``, ``_3``... suffix before its extension.
@@ -144,7 +149,7 @@ def stream_zip(
 
 
 def _stream(
-    entries: Iterable[tuple[str, str | os.PathLike[str]]], chunk_size: int
+    entries: Iterable[tuple[str, Any]], chunk_size: int
 ) -> Iterator[bytes]:
     """Yield the archive: see :func:`stream_zip`, which checks the arguments first."""
     written: list[_Entry] = []
@@ -155,9 +160,11 @@ def _stream(
     offset = 0
     for name, path in entries:
         try:
+            if callable(path):
+                path = path()  # the object store fetches it only now
             # Unbuffered: readinto() then fills our one buffer, allocating nothing per read.
             source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the with below
-        except FileNotFoundError:
+        except (FileNotFoundError, NotFound):
             LOGGER.warning("Archive entry %r skipped: %s no longer exists", name, path)
             continue
         with source:

@@ -140,9 +140,7 @@ def run_send(job: jobs.JobContext) -> None:
     items = send_items(list(job.params.get("resources") or []))
     assert job.store is not None
     items = [
-        wire.SendItem(
-            str(job.store.path(i.path)), i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.size
-        )
+        wire.SendItem(i.path, i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.size, job.store)
         for i in items
     ]
     job.progress(total=len(items), force=True)

@@ -112,9 +112,14 @@ def retrieve_items(ctx: Context, root: str, identifier: Dataset) -> tuple[str, l
             .tuples())
     # Relative paths are server-generated (store.new_relpath), so joining strings is safe and
     # much cheaper than a Path per instance.
-    root = str(ctx.ingestor.store.root)
-    items = [wire.SendItem(f"{root}/{row[0]}", str(row[1]), str(row[2]), str(row[3]), int(row[4] or 0))
-             for row in rows]
+    store = ctx.ingestor.store
+    if store.shared:  # an object store: each object is fetched when its turn comes
+        items = [wire.SendItem(str(row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4] or 0), store)
+                 for row in rows]
+    else:
+        root = str(store.root)
+        items = [wire.SendItem(f"{root}/{row[0]}", str(row[1]), str(row[2]), str(row[3]), int(row[4] or 0))
+                 for row in rows]
     return level, items
 
 

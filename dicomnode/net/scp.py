@@ -189,7 +189,7 @@ def handle_store(event: evt.Event, ctx: Context) -> int | Dataset:
     LOGGER.warning("C-STORE from %s at %s rejected: %s", calling, ip, result.reason)
     if result.code == "storage_full":
         return status_dataset(OUT_OF_RESOURCES, result.reason)
-    if result.code == "index_unavailable":
+    if result.code in ("index_unavailable", "object_store"):
         return status_dataset(PROCESSING_FAILURE, result.reason)
     if "C-STORE command names" in result.reason:
         return status_dataset(DOES_NOT_MATCH_SOP_CLASS, result.reason)

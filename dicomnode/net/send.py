@@ -18,6 +18,7 @@ from pynetdicom.presentation import PresentationContext
 
 from dicomnode import render
 from dicomnode.config import Settings
+from dicomnode.errors import DolmenError
 from dicomnode.errors import RemoteError
 from dicomnode.errors import RenderError
 from dicomnode.net.connect import MAX_CONTEXTS
@@ -180,6 +181,7 @@ def _store_one(
     if originator is not None:
         move_kw = {"originator_aet": originator[0], "originator_id": originator[1]}
     try:
+        item = item.local()
         if item.transfer_syntax_uid in accepted:
             cx = accepted[item.transfer_syntax_uid]
             response = send_c_store_direct(assoc, cx, item, msg_id, originator)
@@ -201,7 +203,7 @@ def _store_one(
                 ds = pydicom.dcmread(item.path)
             report.transcoded += 1
             response = assoc.send_c_store(ds, msg_id=msg_id, **move_kw)
-    except RenderError as exc:
+    except (RenderError, DolmenError) as exc:
         report.failed += 1
         return None, f"Cannot send this instance: {exc.message}"
     except (OSError, ValueError, AttributeError, NotImplementedError, RuntimeError) as exc:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,25 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SendItem:
-    """One stored instance to send."""
+    """One stored instance to send.
+
+    ``path`` is a local file; or, with ``store`` set, the object's name in that store, made a
+    local file by :meth:`local` only when its turn comes (an object store fetches it then).
+    """
 
     path: str
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
     size: int = 0
+    store: Any = field(default=None, compare=False, repr=False)
+
+    def local(self) -> SendItem:
+        """This item with ``path`` a local file (fetched from the object store if need be)."""
+        if self.store is None:
+            return self
+        return SendItem(str(self.store.path(self.path)), self.sop_class_uid, self.sop_instance_uid,
+                        self.transfer_syntax_uid, self.size)
 
 
 class _HeldCheckpoint(threading.Event):
