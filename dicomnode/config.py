@@ -149,6 +149,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dicom.case_sensitive_pn", bool, False, "Match person names case-sensitively in C-FIND and QIDO-RS.", None),
     Setting("dicom.max_find_results", int, 0, "Most answers to one C-FIND (0: no limit); past it the C-FIND ends with 0xA700 and a comment saying so.", _non_negative),
     Setting("dicom.find_read_files", bool, False, "C-FIND: read attributes the index does not hold from one instance of each answer (else they are returned empty).", None),
+    Setting("dicom.tls.port", int, 2762, "TCP port of the DICOM TLS listener (PS3.15 Annex B), beside the plain port; it runs when certificate is set (0 picks a free port).", _check_port_or_zero),
+    Setting("dicom.tls.certificate", str, "", "PEM file of Dolmen's certificate (with its chain): the TLS listener's, and the client certificate of associations Dolmen opens over TLS; empty: no TLS.", None),
+    Setting("dicom.tls.private_key", str, "", "PEM file of the certificate's private key (unencrypted).", None),
+    Setting("dicom.tls.trusted_certificates", str, "", "PEM bundle of the CAs that peers' certificates must chain to (both ways).", None),
+    Setting("dicom.tls.require_client_certificate", bool, True, "Refuse TLS clients without a certificate from a trusted CA.", None),
     Setting("dicom.association_log_days", int, 30, "Days the association log keeps its rows.", _positive),
     Setting("dicom.association_log_rows", int, 100000, "Most rows the association log keeps (the oldest go first).", _positive),
     Setting("http.host", str, "127.0.0.1", "Address the web server listens on (another address needs [http.users]).", _check_host),
@@ -192,6 +197,7 @@ MODALITY_KEYS: dict[str, tuple[type, Any, str]] = {
     "allow": (list, list(OPERATIONS), "What the node may ask of us: echo, store, find, move, get."),
     "description": (str, "", "Free text shown in the modalities page."),
     "fallback_get": (bool, False, "Retrieve by C-GET when the node refuses our C-MOVE (it does not know our AE title)."),
+    "tls": (bool, False, "DICOM over TLS with this node: every association Dolmen opens to it uses TLS (needs [dicom.tls]), and its AE title is refused on the plain port."),
 }
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -223,6 +229,7 @@ class ModalityConfig:
     allow: tuple[str, ...] = OPERATIONS
     description: str = ""
     fallback_get: bool = False
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,7 +302,7 @@ class Settings:
             table[name] = value
         raw["modalities"] = {
             m.name: {"aet": m.aet, "host": m.host, "port": m.port, "allow": list(m.allow),
-                     "description": m.description, "fallback_get": m.fallback_get}
+                     "description": m.description, "fallback_get": m.fallback_get, "tls": m.tls}
             for m in self.modalities
         }
         if self.users:
@@ -387,6 +394,7 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
             raise ConfigError(
                 f"[http] host: listening on {values['http.host']} exposes patient data beyond this "
                 "machine; declare users in [http.users] (make a hash with `dolmen passwd`) first")
+    _check_tls(values, modalities)
     dup = {a for a in aets if aets.count(a) > 1}
     if dup:
         raise ConfigError(f"[modalities]: AE title {sorted(dup)[0]!r} is declared twice")
@@ -445,6 +453,26 @@ def _dicomweb_servers(value: Any) -> list[DicomwebServerConfig]:
         out["headers"] = dict(headers)
         servers.append(DicomwebServerConfig(name=name, **out))
     return servers
+
+
+def _check_tls(values: dict[str, Any], modalities: list[ModalityConfig]) -> None:
+    """[dicom.tls]: the certificate, its key and the trusted CAs go together and must be readable;
+    a modality with ``tls = true`` needs them."""
+    files = {k: values[f"dicom.tls.{k}"] for k in ("certificate", "private_key", "trusted_certificates")}
+    if not any(files.values()):
+        needing = [m.name for m in modalities if m.tls]
+        if needing:
+            raise ConfigError(f"[modalities.{needing[0]}] tls: needs Dolmen's certificate: set [dicom.tls] "
+                              "certificate, private_key and trusted_certificates")
+        return
+    for key, value in files.items():
+        if not value:
+            raise ConfigError(f"[dicom.tls] {key}: missing (certificate, private_key and trusted_certificates "
+                              "go together)")
+        if not os.path.isfile(os.path.expanduser(value)):
+            raise ConfigError(f"[dicom.tls] {key}: no such file: {value}")
+    if values["dicom.tls.port"] and values["dicom.tls.port"] == values["dicom.port"]:
+        raise ConfigError("[dicom.tls] port: must differ from [dicom] port")
 
 
 def _modality(name: str, table: Any) -> ModalityConfig:

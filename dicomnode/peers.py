@@ -163,15 +163,29 @@ class Node:
     description: str = ""
     origin: str = "config"
     fallback_get: bool = False
+    tls: bool = False
 
 
 def _from_config(m: ModalityConfig) -> Node:
-    return Node(m.name, m.aet, m.host, m.port, tuple(m.allow), m.description, "config", m.fallback_get)
+    return Node(m.name, m.aet, m.host, m.port, tuple(m.allow), m.description, "config", m.fallback_get, m.tls)
 
 
 def _from_row(m: Modality) -> Node:
     allow = tuple(a for a in str(m.allow).split(",") if a in OPERATIONS)
-    return Node(m.name, m.aet, m.host, m.port, allow, m.description, "page", bool(m.fallback_get))
+    return Node(m.name, m.aet, m.host, m.port, allow, m.description, "page", bool(m.fallback_get), bool(m.tls))
+
+
+def plain_port_refusal(settings: Settings, calling_aet: str, over_tls: bool) -> str | None:
+    """Why ``calling_aet`` may not associate on this port: a node declared ``tls = true`` calling
+    the plain port. ``None`` when it may."""
+    if over_tls:
+        return None
+    secure = [n for n in nodes_with_aet(settings, calling_aet) if n.tls]
+    if not secure:
+        return None
+    where = f"port {settings['dicom.tls.port']}" if settings["dicom.tls.port"] else "the TLS port"
+    return (f"modality {secure[0].name!r} ({calling_aet}) must connect over TLS ({where}), "
+            "not the plain DICOM port")
 
 
 def nodes_with_aet(settings: Settings, aet: str) -> list[Node]:
@@ -238,6 +252,8 @@ def check_node(settings: Settings, fields: Mapping[str, Any], original: str | No
     allow = fields.get("allow") or []
     if not isinstance(allow, (list, tuple)) or any(a not in OPERATIONS for a in allow):
         problems["allow"] = f"choose among {', '.join(OPERATIONS)}"
+    if fields.get("tls") and not settings["dicom.tls.certificate"]:
+        problems["tls"] = "needs Dolmen's own certificate: set [dicom.tls] in the configuration first"
     return problems
 
 
@@ -246,7 +262,7 @@ def _node_values(fields: Mapping[str, Any]) -> dict[str, Any]:
             "host": str(fields["host"]).strip(), "port": int(fields["port"]),
             "allow": ",".join(a for a in OPERATIONS if a in (fields.get("allow") or [])),
             "description": str(fields.get("description", ""))[:255],
-            "fallback_get": bool(fields.get("fallback_get"))}
+            "fallback_get": bool(fields.get("fallback_get")), "tls": bool(fields.get("tls"))}
 
 
 MODALITIES: Registry[Node] = Registry(

@@ -29,6 +29,8 @@ from dicomnode.control import ControlServer
 from dicomnode.errors import DolmenError
 from dicomnode.jobs import transfer
 from dicomnode.net import assoclog
+from dicomnode.net import hardening
+from dicomnode.net import tls
 from dicomnode.net import scp
 from dicomnode.net import scu
 from dicomnode.net import service
@@ -71,6 +73,16 @@ class Sidecar:
             (self.settings["dicom.host"], self.settings["dicom.port"]), block=False,
             evt_handlers=scp.handlers(self.ctx))
         self.port = int(self.server.server_address[1])
+        self.tls_port = 0
+        hardening.CALLING_CHECK = self._plain_port_refusal
+        hardening.TLS_FAILED = self._tls_failed
+        if tls.enabled(self.settings):
+            # The same AE (title, access rules, association limit, log) on a second port, over TLS.
+            self.tls_server = ae.start_server(
+                (self.settings["dicom.host"], self.settings["dicom.tls.port"]), block=False,
+                evt_handlers=scp.handlers(self.ctx), ssl_context=tls.server_context(self.settings))
+            self.tls_port = int(self.tls_server.server_address[1])
+            LOGGER.info("DICOM TLS listener on %s:%d", self.settings["dicom.host"], self.tls_port)
         jobs.reception_busy = lambda: bool(ae.active_associations)  # jobs give way to reception
         self.control = ControlServer(self.settings.control_socket)
         self.control.register("status", self.op_status)
@@ -91,6 +103,25 @@ class Sidecar:
         threading.Thread(target=self._prune_log, name="assoclog-prune", daemon=True).start()
         LOGGER.info("Dolmen DICOM server %s listening on %s:%d", self.settings["dicom.aet"],
                     self.settings["dicom.host"], self.port)
+
+    def _plain_port_refusal(self, calling: str, over_tls: bool) -> str | None:
+        """Run in the connection's DUL thread: the index connection it opens is closed again."""
+        if over_tls:
+            return None
+        opened = index.db.obj is None or index.db.is_closed()
+        try:
+            return peers.plain_port_refusal(self.settings, calling, over_tls)
+        finally:
+            if opened:
+                index.close_index()
+
+    @staticmethod
+    def _tls_failed(peer: str, reason: str) -> None:
+        """A TLS handshake failed: in the association log, as a refused connection."""
+        try:
+            service.log_event("", "", peer.rsplit(":", 1)[0], "associate", False, f"TLS handshake failed: {reason}")
+        finally:
+            index.close_index()
 
     def _reconcile(self) -> None:
         try:
@@ -115,6 +146,7 @@ class Sidecar:
         c = self.ctx.counters
         return {
             "aet": self.settings["dicom.aet"], "host": self.settings["dicom.host"], "port": self.port,
+            "tls_port": self.tls_port,
             "pid": os.getpid(), "version": __version__, "uptime": round(time.time() - c.started, 1),
             "associations": len(self.ae.active_associations),
             "associations_total": c.associations_total,

@@ -175,6 +175,7 @@ class Modality(BaseModel):
     description = CharField(default="")
     fallback_get = BooleanField(default=False)
     created_at = DateTimeField(default=utcnow)
+    tls = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])  # DICOM over TLS both ways
 
 
 class Job(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from pynetdicom.association import Association
 
 from dicomnode.config import Settings
 from dicomnode.errors import RemoteError
+from dicomnode.net import tls
 from dicomnode.peers import Node
 from dicomnode.status import MOVE_DESTINATION_UNKNOWN
 from dicomnode.status import error_code
@@ -90,6 +92,39 @@ def check_reachable(node: Node, timeout: float = CONNECT_TIMEOUT) -> None:
             f"Host {where} is unreachable ({exc.strerror or exc}). Check the address and the network route.",
             code="host_unreachable",
         ) from None
+
+
+def tls_diagnosis(node: Node, context: Any, timeout: float = 3.0) -> str | None:
+    """Why a TLS association to ``node`` failed, found by a handshake of our own, or ``None``.
+
+    pynetdicom only logs the error. Under TLS 1.3 a server that refuses our certificate says so
+    after the handshake, with its first record: hence the read (a DICOM server then waits for
+    our A-ASSOCIATE-RQ, so silence means the handshake was fine).
+    """
+    try:
+        with socket.create_connection((node.host, node.port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=node.host) as secure:
+                secure.settimeout(timeout)
+                try:
+                    secure.recv(1)
+                except TimeoutError:
+                    return None
+    except (ssl.SSLError, ConnectionResetError, TimeoutError) as exc:
+        return tls.describe(exc)
+    except OSError:
+        return None
+    return None
+
+
+def _client_context(settings: Settings) -> Any:
+    key = tuple(settings[f"dicom.tls.{k}"] for k in ("certificate", "private_key", "trusted_certificates"))
+    context = _CLIENT_CONTEXTS.get(key)
+    if context is None:
+        context = _CLIENT_CONTEXTS[key] = tls.client_context(settings)
+    return context
+
+
+_CLIENT_CONTEXTS: dict[tuple[str, ...], Any] = {}
 
 
 def _not_established(settings: Settings, node: Node, abort_pdu: Any, waited: float) -> RemoteError:
@@ -160,6 +195,12 @@ def associate(
     RemoteError
         When the node cannot be reached, rejects or aborts the association.
     """
+    tls_args = None
+    if node.tls:
+        if not tls.enabled(settings):
+            raise RemoteError(f"{node.name} requires DICOM over TLS, but Dolmen has no certificate: "
+                              "set [dicom.tls] in the configuration", code="tls_config")
+        tls_args = (_client_context(settings), node.host)
     check_reachable(node)
     if ae is None:
         ae = AE(ae_title=settings["dicom.aet"])
@@ -183,7 +224,13 @@ def associate(
     handlers = list(evt_handlers or []) + [(evt.EVT_ACSE_RECV, on_acse), (evt.EVT_PDU_RECV, on_pdu),
                                            (evt.EVT_CONN_OPEN, _no_delay)]
     asked = time.monotonic()
-    assoc = ae.associate(node.host, node.port, ae_title=node.aet, ext_neg=ext_neg, evt_handlers=handlers)
+    assoc = ae.associate(node.host, node.port, ae_title=node.aet, ext_neg=ext_neg, evt_handlers=handlers,
+                         tls_args=tls_args)
+    if tls_args is not None and not assoc.is_established and not assoc.is_rejected:
+        why = tls_diagnosis(node, tls_args[0])
+        if why:
+            raise RemoteError(f"TLS handshake with {node.name} ({node.host}:{node.port}) failed: {why}.",
+                              code="tls_handshake")
     if assoc.is_rejected:
         why = _describe_reject(received.get("primitive"))
         hint = ""

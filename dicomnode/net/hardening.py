@@ -47,7 +47,9 @@ import re
 import socket
 import struct
 import threading
+import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE
@@ -75,6 +77,12 @@ PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-
 REASON_UNRECOGNIZED_PDU = 0x01
 REASON_UNEXPECTED_PDU = 0x02
 REASON_INVALID_PARAMETER = 0x06
+
+#: Set by the DICOM service: ``(calling_aet, over_tls)`` -> why that calling AE title may not
+#: associate on this kind of port (a modality declared ``tls = true`` calling the plain port), or None.
+CALLING_CHECK: Callable[[str, bool], str | None] | None = None
+#: Set by the DICOM service: called with (peer "ip:port", reason) when a TLS handshake fails.
+TLS_FAILED: Callable[[str, str], None] | None = None
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # PS3.5 9.1, leniently (leading zeros allowed)
 _applied = False
@@ -303,6 +311,12 @@ def _read_pdu_data(self: Any) -> None:
         if problem:
             reject(self, problem, 3)  # calling-AE-title-not-recognized
             return
+        if CALLING_CHECK is not None:
+            problem = CALLING_CHECK(body[20:36].decode("ascii", "replace").strip(" \0"),
+                                    isinstance(raw, ssl.SSLSocket))
+            if problem:
+                reject(self, problem, 3)  # calling-AE-title-not-recognized
+                return
     data = head + body
     try:
         if pdu_type == 0x01 and assoc.is_acceptor and not assoc.is_established:
@@ -556,6 +570,42 @@ class DolmenAssociationServer(transport.ThreadedAssociationServer):
     # socketserver listens with a backlog of 5: the sixth of a burst of connections had its
     # SYN dropped and waited a second for the retransmission.
     request_queue_size = LISTEN_BACKLOG
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept a connection; a TLS one is wrapped without its handshake, which pynetdicom did
+        here, in the one thread that accepts every connection: a client that never finished its
+        handshake stopped the TLS port for everyone. It runs in the connection's own thread."""
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+            return
+        super().process_request_thread(request, client_address)
+
+    def _handshake(self, sock: ssl.SSLSocket, address: Any) -> bool:
+        """The TLS handshake within the ACSE timeout; on failure one log line naming the peer."""
+        from dicomnode.net import tls
+
+        previous = sock.gettimeout()
+        sock.settimeout(self.ae.acse_timeout or DEFAULT_DEADLINE)
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        try:
+            sock.do_handshake()
+        except (OSError, ValueError) as exc:  # ssl.SSLError, timeouts, resets
+            reason = tls.describe(exc)
+            LOGGER.warning("DICOM TLS connection from %s closed: handshake failed: %s", peer, reason)
+            try:
+                sock.close()
+            except OSError:
+                pass
+            if TLS_FAILED is not None:
+                TLS_FAILED(peer, reason)
+            return False
+        sock.settimeout(previous)
+        return True
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         all_assocs = getattr(self.ae, "active_associations_all", None)

@@ -145,6 +145,7 @@ def _form_fields() -> dict[str, Any]:
         "allow": form.getlist("allow"),
         "description": form.get("description", "").strip(),
         "fallback_get": bool(form.get("fallback_get")),
+        "tls": bool(form.get("tls")),
     }
 
 
@@ -184,6 +185,7 @@ def modality_new() -> ResponseReturnValue:
         "allow": list(OPERATIONS),
         "description": "",
         "fallback_get": False,
+        "tls": False,
     }
     return _modality_form(fields, {}, None)
 
@@ -211,6 +213,7 @@ def modality_edit(name: str) -> ResponseReturnValue:
         "allow": list(node.allow),
         "description": node.description,
         "fallback_get": node.fallback_get,
+        "tls": node.tls,
     }
     return _modality_form(fields, {}, name)
 

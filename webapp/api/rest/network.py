@@ -58,7 +58,7 @@ def modality_json(node: peers.Node) -> dict[str, Any]:
             "AllowFind": "find" in allow, "AllowFindWorklist": False, "AllowGet": "get" in allow,
             "AllowMove": "move" in allow, "AllowNAction": False, "AllowStore": "store" in allow,
             "AllowTranscoding": False, "Description": node.description, "Host": node.host, "LocalAet": "",
-            "Manufacturer": "Generic", "Port": node.port, "Timeout": 0, "UseDicomTls": False,
+            "Manufacturer": "Generic", "Port": node.port, "Timeout": 0, "UseDicomTls": node.tls,
             "Origin": node.origin}
 
 
@@ -102,7 +102,8 @@ def modality_put(name: str) -> ResponseReturnValue:
                                                   else op in existing.allow)]
     fields = {"name": name, "aet": body.get("AET", ""), "host": body.get("Host", ""), "port": port,
               "allow": allow, "description": str(body.get("Description", existing.description if existing else "")),
-              "fallback_get": bool(existing.fallback_get) if existing else False}
+              "fallback_get": bool(existing.fallback_get) if existing else False,
+              "tls": bool(body.get("UseDicomTls", existing.tls if existing else False))}
     try:
         peers.MODALITIES.save(settings(), fields, original=name if existing else None)
     except DolmenError as exc:
