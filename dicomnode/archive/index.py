@@ -389,6 +389,11 @@ def open_index(url: str, *, synchronous_full: bool = True, create: bool = True) 
             with _WRITE_LOCK:
                 database.create_tables(MODELS, safe=True)
                 _add_missing_columns(database)
+                if isinstance(database, peewee.PostgresqlDatabase):
+                    # PostgreSQL's b-tree in the database's collation serves no LIKE 'FAMILY^%':
+                    # a PatientName wildcard read every patient. text_pattern_ops serves it.
+                    database.execute_sql("CREATE INDEX IF NOT EXISTS patient_name_key_pattern "
+                                         "ON patient (patient_name_key text_pattern_ops)")
     except peewee.OperationalError as exc:
         raise IndexUnavailable(f"The index at {url} cannot be opened: {exc}") from exc
     return database
