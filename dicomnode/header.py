@@ -78,6 +78,12 @@ def _text(get: _Getter, keyword: str) -> str:
     return str(elem).strip(" \x00")
 
 
+def _group(name: str, n: int) -> str:
+    """Component group ``n`` of a person name (1 ideographic, 2 phonetic), upper-cased."""
+    groups = name.upper().split("=")
+    return groups[n] if len(groups) > n else ""
+
+
 def _int(get: _Getter, keyword: str) -> int | None:
     try:
         value = get(keyword)
@@ -170,6 +176,8 @@ def _make_header(get: _Getter, transfer_syntax: str) -> IndexHeader:
     fields = {
         "patient_name": name,
         "patient_name_key": name.upper(),
+        "patient_name_ideo": _group(name, 1),
+        "patient_name_phon": _group(name, 2),
         "patient_birth_date": _text(get, "PatientBirthDate"),
         "patient_sex": _text(get, "PatientSex"),
         "study_date": _text(get, "StudyDate"),

@@ -235,7 +235,9 @@ def test_query_studies_and_drill_down(env: Env) -> None:
     rows = page.select("table.qr-study tr.qr-row")
     assert len(rows) == 1
     cells = [td.text.strip() for td in rows[0].select("td")]
-    assert cells[0] == "MULLER^ANNA" and cells[1] == "PAT00000" and cells[7] == "6"
+    # the name as people write it, the DICOM value in the title
+    assert cells[0] == "MULLER, ANNA" and cells[1] == "PAT00000" and cells[7] == "6"
+    assert rows[0].select("td")[0]["title"] == "MULLER^ANNA"
     sent = {
         tr.select("td")[1].text: tr.select("td")[3].text
         for tr in page.select("details.transcript > table.elements tbody tr")
@@ -245,7 +247,7 @@ def test_query_studies_and_drill_down(env: Env) -> None:
     series_url = rows[0].select_one("a.drill")["href"]
     series = soup(env.dolmen.get(series_url))
     assert series.select_one('select[name="level"] option[selected]')["value"] == "series"
-    assert "MULLER^ANNA" in series.select_one(".qr-crumbs .trail").text
+    assert "MULLER, ANNA" in series.select_one(".qr-crumbs .trail").text
     series_rows = series.select("table.qr-series tr.qr-row")
     assert len(series_rows) == 2
     instances = soup(env.dolmen.get(series_rows[0].select_one("a.drill")["href"]))

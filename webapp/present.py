@@ -31,12 +31,30 @@ def dicom_date(value: str | None) -> str:
 
 
 def person(value: str | None) -> str:
-    """A DICOM person name for people: ``DOE^JOHN^^DR`` → ``DOE, JOHN``."""
-    groups = (value or "").split("=")[0].split("^")
-    family, given = groups[0].strip(), " ".join(g.strip() for g in groups[1:3] if g.strip())
+    """A DICOM person name for people, every component group that is present (PS3.5 6.2.1.1):
+    ``DOE^JOHN^^DR`` → ``DOE, JOHN``; ``Yamada^Tarou=山田^太郎=やまだ^たろう`` →
+    ``Yamada, Tarou — 山田 太郎 (やまだ たろう)``; ``Wang^XiaoDong=王^小東`` → ``Wang, XiaoDong — 王 小東``."""
+    groups = (value or "").split("=")
+    alphabetic = _alphabetic(groups[0])
+    ideographic = _spaced(groups[1]) if len(groups) > 1 else ""
+    phonetic = _spaced(groups[2]) if len(groups) > 2 else ""
+    text = " — ".join(part for part in (alphabetic, ideographic) if part)
+    if phonetic:
+        text = f"{text} ({phonetic})" if text else phonetic
+    return text
+
+
+def _alphabetic(group: str) -> str:
+    parts = group.split("^")
+    family, given = parts[0].strip(), " ".join(g.strip() for g in parts[1:3] if g.strip())
     if family and given:
         return f"{family}, {given}"
     return family or given
+
+
+def _spaced(group: str) -> str:
+    """An ideographic or phonetic group: family, given and middle names, space-separated."""
+    return " ".join(p.strip() for p in group.split("^")[:3] if p.strip())
 
 
 def sop_class_name(uid: str) -> str:

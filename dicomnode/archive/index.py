@@ -80,6 +80,10 @@ class Patient(BaseModel):
     patient_id = CharField(default="", index=True)
     patient_name = CharField(default="")
     patient_name_key = CharField(default="", index=True)  # upper-cased, for case-insensitive PN matching
+    # The ideographic and phonetic component groups alone, upper-cased (PS3.5 6.2.1.1:
+    # "Yamada^Tarou=山田^太郎=やまだ^たろう"), so that "山田*" finds the patient with an index.
+    patient_name_ideo = CharField(default="", index=True, constraints=[SQL("DEFAULT ''")])
+    patient_name_phon = CharField(default="", index=True, constraints=[SQL("DEFAULT ''")])
     patient_birth_date = CharField(default="")
     patient_sex = CharField(default="")
     num_studies = IntegerField(default=0)
@@ -387,16 +391,38 @@ def open_index(url: str, *, synchronous_full: bool = True, create: bool = True) 
         database.connect(reuse_if_open=True)
         if create:
             with _WRITE_LOCK:
-                database.create_tables(MODELS, safe=True)
+                # Columns first: create_tables also makes the indexes of every field, and an index
+                # on a column an old table lacks fails on PostgreSQL and, on SQLite, indexes the
+                # constant string of its name (a double-quoted unknown identifier is a string
+                # there), which corrupted the index at the first update of the new column.
                 _add_missing_columns(database)
+                database.create_tables(MODELS, safe=True)
                 if isinstance(database, peewee.PostgresqlDatabase):
                     # PostgreSQL's b-tree in the database's collation serves no LIKE 'FAMILY^%':
                     # a PatientName wildcard read every patient. text_pattern_ops serves it.
-                    database.execute_sql("CREATE INDEX IF NOT EXISTS patient_name_key_pattern "
-                                         "ON patient (patient_name_key text_pattern_ops)")
+                    for column in ("patient_name_key", "patient_name_ideo", "patient_name_phon"):
+                        database.execute_sql(f"CREATE INDEX IF NOT EXISTS {column}_pattern "
+                                             f"ON patient ({column} text_pattern_ops)")
     except peewee.OperationalError as exc:
         raise IndexUnavailable(f"The index at {url} cannot be opened: {exc}") from exc
     return database
+
+
+def name_groups(name: str) -> tuple[str, str]:
+    """The ideographic and phonetic component groups of a person name, upper-cased."""
+    groups = name.upper().split("=")
+    return (groups[1] if len(groups) > 1 else ""), (groups[2] if len(groups) > 2 else "")
+
+
+def _fill_name_groups(database: peewee.Database) -> None:
+    """Set the name-group columns of patients indexed before they existed."""
+    p = database.param
+    rows = database.execute_sql("SELECT pk, patient_name FROM patient WHERE patient_name LIKE '%=%'").fetchall()
+    with database.atomic():
+        for pk, name in rows:
+            ideo, phon = name_groups(str(name))
+            database.execute_sql(f"UPDATE patient SET patient_name_ideo = {p}, patient_name_phon = {p} WHERE pk = {p}",
+                                 (ideo, phon, pk))
 
 
 def _add_missing_columns(database: peewee.Database) -> None:
@@ -409,8 +435,11 @@ def _add_missing_columns(database: peewee.Database) -> None:
     ddl = {TextField: "TEXT NOT NULL DEFAULT ''", CharField: "VARCHAR(255) NOT NULL DEFAULT ''",
            BooleanField: "BOOLEAN NOT NULL DEFAULT FALSE", IntegerField: "INTEGER NOT NULL DEFAULT 0",
            DateTimeField: "TIMESTAMP"}  # a nullable date: the new rows set it
+    tables = set(database.get_tables())
     for model in MODELS:
         table = model._meta.table_name
+        if table not in tables:
+            continue  # a new table: create_tables makes it whole
         present = {c.name for c in database.get_columns(table)}
         for field in model._meta.sorted_fields:
             if field.column_name in present:
@@ -426,6 +455,11 @@ def _add_missing_columns(database: peewee.Database) -> None:
             except (peewee.OperationalError, peewee.ProgrammingError) as exc:
                 if "duplicate" not in str(exc).lower() and "already exists" not in str(exc).lower():
                     raise
+            if field.index:
+                database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{table}_{field.column_name}" '
+                                     f'ON "{table}" ("{field.column_name}")')
+            if field.column_name == "patient_name_phon":
+                _fill_name_groups(database)
 
 
 @contextlib.contextmanager

@@ -283,7 +283,8 @@ class Ingestor:
             if found is None:
                 patient_pk = _insert_row(Patient, {
                     "public_id": pid, "main_tags": main["Patient"], "patient_id": head.patient_id,
-                    **{k: f[k] for k in ("patient_name", "patient_name_key", "patient_birth_date", "patient_sex")}})
+                    **{k: f[k] for k in ("patient_name", "patient_name_key", "patient_name_ideo", "patient_name_phon",
+                                         "patient_birth_date", "patient_sex")}})
                 new_patient = True
             else:
                 patient_pk = found[0]

@@ -133,6 +133,10 @@ def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "[]" else c for c in text)
 
 
+#: Columns holding person names upper-cased (binary order agrees with the case-folded match).
+_UPPER_KEYS = ("patient_name_key", "patient_name_ideo", "patient_name_phon")
+
+
 def _prefix_range(field: Any, pattern: str) -> Expression | None:
     """``field >= prefix AND field < prefix'`` for the literal start of a wildcard pattern, so that
     SQLite reads the column's index instead of every row: its LIKE with an ESCAPE clause on a
@@ -161,9 +165,23 @@ def _wildcard(field: Any, pattern: str, fold: bool, exact_case: bool = False) ->
         match = peewee.NodeList((target, peewee.SQL("LIKE"), value, peewee.SQL("ESCAPE '\\'")))
     # A literal start narrows by range where binary order agrees with the match: a
     # case-sensitive (GLOB) match, or the person-name key, stored and matched upper-cased.
-    keyed = getattr(field, "name", "") == "patient_name_key" and not fold
+    keyed = getattr(field, "name", "") in _UPPER_KEYS and not fold
     narrow = _prefix_range(field, pattern) if sqlite and (exact_case or keyed) else None
     return match if narrow is None else (narrow & match)  # type: ignore[return-value]
+
+
+def _any_name_group(text: str) -> Expression:
+    """PatientName ``text`` (upper-cased, without ``=``) matched against each component group:
+    the alphabetic one (the key up to its first ``=``), the ideographic one, the phonetic one
+    (PS3.5 6.2.1.1). "山田*" finds "Yamada^Tarou=山田^太郎=やまだ^たろう". Each term is read from an index."""
+    def match(field: Any, pattern: str) -> Expression:
+        if "*" in pattern or "?" in pattern:
+            return _wildcard(field, pattern, False)
+        return field == pattern
+
+    key = Patient.patient_name_key
+    alphabetic = match(key, text) | _wildcard(key, text + "=*", False)  # the key holds every group
+    return alphabetic | match(Patient.patient_name_ideo, text) | match(Patient.patient_name_phon, text)
 
 
 def _range(field: Any, value: str, vr: str) -> Expression:
@@ -278,6 +296,8 @@ def condition(attr: Attr, value: Any, *, case_sensitive_pn: bool = False) -> Exp
     if attr.keyword == "PatientName" and not case_sensitive_pn:
         fold = False  # the key column is already upper-cased
         text = text.upper()
+        if "=" not in text:
+            return _any_name_group(text)
     if "*" in text or "?" in text:
         return _wildcard(field, text, fold, exact_case=attr.vr == "PN" and case_sensitive_pn)
     if "\\" in text and attr.vr == "CS":
