@@ -27,6 +27,7 @@ from dicomnode import tags
 from dicomnode.archive import changes
 from dicomnode.archive import query
 from dicomnode.archive import resources
+from dicomnode.archive import stack
 from dicomnode.archive.index import Instance
 from dicomnode.archive.index import Patient
 from dicomnode.archive.index import Series
@@ -398,6 +399,62 @@ def preview(public_id: str) -> ResponseReturnValue:
     An instance that cannot be rendered gets a placeholder image that says why.
     """
     return files.preview_response(resources.get("instance", public_id), _int_arg("frame", 1))
+
+
+@bp.route("/instances/<public_id>/preview.jpg")
+def preview_jpeg(public_id: str) -> ResponseReturnValue:
+    """:func:`preview` as JPEG (the series viewer's frames: a fifth of the bytes)."""
+    return files.preview_response(resources.get("instance", public_id), _int_arg("frame", 1), jpeg=True)
+
+
+@bp.route("/series/<public_id>/view")
+def series_viewer(public_id: str) -> ResponseReturnValue:
+    """The series viewer: every frame in spatial order, scrolled, windowed, zoomed, played."""
+    row = resources.get("series", public_id)
+    study_row = row.study
+    frames, spatial = stack.frames_of(row)
+    window = _first_window(frames[0].instance) if frames else None
+    data = {
+        "frames": [[f.instance, f.frame, f.frames, f.number, f.position] for f in frames],
+        "spatial": spatial,
+        "window": window,
+        "presets": {k: [WINDOW_PRESETS[k].center, WINDOW_PRESETS[k].width] for k in PRESET_LABELS}
+        if row.modality == "CT" else {},
+        "labels": PRESET_LABELS if row.modality == "CT" else {},
+        "base": url_for("browse.instance", public_id="ID").rsplit("ID", 1)[0],
+        "size": PREVIEW_SIZE,
+        "fps": 10,
+        "truncated": row.num_instances > stack.MAX_INSTANCES,
+    }
+    return render_template("browse/viewer.html", series=row, study=study_row, patient=study_row.patient,
+                           data=data, count=len(frames))
+
+
+def _first_window(instance_id: str) -> list[float] | None:
+    """(center, width) the viewer starts from: the file's first window, else one over the stored
+    bit range; None when the first file cannot be read."""
+    try:
+        ds = pydicom.dcmread(services().store.path(resources.get("instance", instance_id).path),
+                             stop_before_pixels=True, specific_tags=[
+                                 "WindowCenter", "WindowWidth", "BitsStored", "PixelRepresentation",
+                                 "RescaleSlope", "RescaleIntercept"])
+    except Exception:  # noqa: BLE001 - the viewer still opens, windowing starts from a guess
+        return None
+
+    def first(value: Any) -> float | None:
+        try:
+            return float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    center, width = first(ds.get("WindowCenter")), first(ds.get("WindowWidth"))
+    if center is not None and width:
+        return [center, width]
+    bits = int(ds.get("BitsStored", 12) or 12)
+    slope, intercept = first(ds.get("RescaleSlope")) or 1.0, first(ds.get("RescaleIntercept")) or 0.0
+    low = -(2 ** (bits - 1)) if ds.get("PixelRepresentation", 0) == 1 else 0
+    high = low + 2 ** bits
+    return [(low + high) / 2 * slope + intercept, (high - low) * slope]
 
 
 @bp.route("/instances/<public_id>/thumbnail.png")

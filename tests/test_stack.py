@@ -1,0 +1,58 @@
+"""The viewer's stack (dicomnode.archive.stack): spatial order along the image normal, else Instance Number."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dicomnode import ids
+from dicomnode.archive import index
+from dicomnode.archive import stack
+
+
+def _series(tmp_path: Path) -> index.Series:
+    index.open_index(f"sqlite:///{tmp_path / 'i.db'}")
+    patient = index.Patient.create(public_id=ids.patient_id("P"), patient_id="P")
+    study = index.Study.create(public_id="st", patient=patient, study_instance_uid="1.2")
+    return index.Series.create(public_id="se", study=study, series_instance_uid="1.2.3")
+
+
+def _add(series: index.Series, n: int, number: int | None, ipp: str | None, frames: int = 1,
+         iop: str = "1\\0\\0\\0\\1\\0") -> None:
+    tags = {"ImagePositionPatient": ipp, "ImageOrientationPatient": iop} if ipp else {}
+    index.Instance.create(public_id=f"i{n}", series=series, sop_instance_uid=f"1.2.3.{n}", instance_number=number,
+                          number_of_frames=frames, path=f"files/00/00/{n}.dcm", main_tags=json.dumps(tags))
+
+
+def test_instances_go_along_the_normal_not_by_number(tmp_path: Path) -> None:
+    series = _series(tmp_path)
+    try:
+        # axial slices whose Instance Numbers run against their positions
+        for n, (number, z) in enumerate([(1, 30.0), (2, 10.0), (3, 20.0), (4, 0.0)]):
+            _add(series, n, number, f"-100\\-100\\{z}")
+        frames, spatial = stack.frames_of(series)
+        assert spatial and [f.position for f in frames] == [0.0, 10.0, 20.0, 30.0]
+        assert [f.number for f in frames] == [4, 2, 3, 1]
+        # a sagittal stack: the normal is x
+        sagittal = index.Series.create(public_id="sag", study=series.study, series_instance_uid="1.2.4")
+        for n, x in enumerate([5.0, -5.0, 0.0]):
+            _add(sagittal, 10 + n, n + 1, f"{x}\\0\\0", iop="0\\1\\0\\0\\0\\-1")
+        frames, spatial = stack.frames_of(sagittal)
+        assert spatial and [f.number for f in frames] == [1, 3, 2]  # normal (0,1,0) x (0,0,-1) = -x
+    finally:
+        index.close_index()
+
+
+def test_without_positions_by_instance_number_and_frames_expanded(tmp_path: Path) -> None:
+    series = _series(tmp_path)
+    try:
+        _add(series, 0, 3, None)
+        _add(series, 1, None, None)
+        _add(series, 2, 1, "0\\0\\0")  # one position alone does not make an order
+        _add(series, 3, 2, None, frames=3)
+        frames, spatial = stack.frames_of(series)
+        assert not spatial
+        assert [(f.instance, f.frame) for f in frames] == [("i2", 1), ("i3", 1), ("i3", 2), ("i3", 3),
+                                                            ("i0", 1), ("i1", 1)]
+        assert all(f.position is None for f in frames)
+    finally:
+        index.close_index()
