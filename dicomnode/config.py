@@ -233,6 +233,33 @@ class ModalityConfig:
 
 
 @dataclass(frozen=True)
+class ViewerConfig:
+    """An external viewer declared in ``[viewers.NAME]``: *Open in LABEL* on study pages."""
+
+    name: str
+    url: str
+    label: str = ""
+
+    def link(self, **values: str) -> str:
+        """The URL with ``{StudyInstanceUID}``, ``{PatientID}``, ``{AccessionNumber}`` filled in (URL-encoded)."""
+        from urllib.parse import quote
+
+        out = self.url
+        for key in VIEWER_FIELDS:
+            out = out.replace("{" + key + "}", quote(values.get(key, ""), safe=""))
+        return out
+
+
+#: Placeholders of a viewer's URL template.
+VIEWER_FIELDS = ("StudyInstanceUID", "PatientID", "AccessionNumber")
+#: Keys of one ``[viewers.NAME]`` table.
+VIEWER_KEYS: dict[str, tuple[type, Any, str]] = {
+    "url": (str, None, "URL template, e.g. https://ohif.example.org/viewer?StudyInstanceUIDs={StudyInstanceUID} (also {PatientID}, {AccessionNumber}; required)."),
+    "label": (str, "", "The button's text after \"Open in\" (default: NAME)."),
+}
+
+
+@dataclass(frozen=True)
 class DicomwebServerConfig:
     """A remote DICOMweb server declared in ``[dicomweb.servers.NAME]``."""
 
@@ -253,6 +280,7 @@ class Settings:
     users: Mapping[str, str] = field(default_factory=dict)
     dicomweb_servers: tuple[DicomwebServerConfig, ...] = ()
     anonymize_profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    viewers: tuple[ViewerConfig, ...] = ()
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -307,6 +335,8 @@ class Settings:
         }
         if self.users:
             raw["http"]["users"] = dict(self.users)
+        if self.viewers:
+            raw["viewers"] = {v.name: {"url": v.url, "label": v.label} for v in self.viewers}
         if self.anonymize_profiles:
             raw["anonymize"]["profiles"] = {name: dict(body) for name, body in self.anonymize_profiles.items()}
         if self.dicomweb_servers:
@@ -345,7 +375,8 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
         On an unknown section or key, a value of the wrong type, or a value failing its check.
     """
     values = {s.key: s.default for s in SETTINGS}
-    sections = {s.key.split(".")[0] for s in SETTINGS} | {"modalities"}
+    sections = {s.key.split(".")[0] for s in SETTINGS} | {"modalities", "viewers"}
+    viewers: list[ViewerConfig] = []
     modalities: list[ModalityConfig] = []
     users: dict[str, str] = {}
     dicomweb_servers: list[DicomwebServerConfig] = []
@@ -358,6 +389,9 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
             raise ConfigError(f"[{section}]: must be a table")
         if section == "modalities":
             modalities = [_modality(name, t) for name, t in table.items()]
+            continue
+        if section == "viewers":
+            viewers = [_viewer(name, t) for name, t in table.items()]
             continue
         items = list(table.items())
         while items:
@@ -399,7 +433,8 @@ def from_dict(raw: Mapping[str, Any], source: str | None = None) -> Settings:
     if dup:
         raise ConfigError(f"[modalities]: AE title {sorted(dup)[0]!r} is declared twice")
     return Settings(values=values, modalities=tuple(modalities), source=source, users=users,
-                    dicomweb_servers=tuple(dicomweb_servers), anonymize_profiles=profiles)
+                    dicomweb_servers=tuple(dicomweb_servers), anonymize_profiles=profiles,
+                    viewers=tuple(viewers))
 
 
 def _profiles(value: Any) -> dict[str, dict[str, Any]]:
@@ -453,6 +488,25 @@ def _dicomweb_servers(value: Any) -> list[DicomwebServerConfig]:
         out["headers"] = dict(headers)
         servers.append(DicomwebServerConfig(name=name, **out))
     return servers
+
+
+def _viewer(name: str, table: Any) -> ViewerConfig:
+    where = f"[viewers.{name}]"
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}: a name uses letters, digits, '-', '_' or '.' only")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table with url")
+    for key in table:
+        if key not in VIEWER_KEYS:
+            raise ConfigError(f"{where} {key}: unknown key; known keys are {', '.join(VIEWER_KEYS)}")
+    url = _coerce(f"{where} url", str, table.get("url", ""))
+    label = _coerce(f"{where} label", str, table.get("label", ""))
+    if not re.match(r"https?://\S+$", url):
+        raise ConfigError(f"{where} url: an http:// or https:// URL template, e.g. "
+                          "https://ohif.example.org/viewer?StudyInstanceUIDs={StudyInstanceUID}")
+    if not any("{" + key + "}" in url for key in VIEWER_FIELDS):
+        raise ConfigError(f"{where} url: name the study with {{StudyInstanceUID}} (or {{PatientID}}, {{AccessionNumber}})")
+    return ViewerConfig(name=name, url=url, label=label)
 
 
 def _check_tls(values: dict[str, Any], modalities: list[ModalityConfig]) -> None:

@@ -36,10 +36,21 @@ def test_every_dicomweb_server_key_has_a_readme_row() -> None:
     assert not missing, f"README.md lacks a [dicomweb.servers.NAME] row for {missing}"
 
 
+def test_every_viewer_key_has_a_readme_row() -> None:
+    from dicomnode.config import VIEWER_KEYS
+
+    rows = _rows()
+    missing = [k for k in VIEWER_KEYS if ("viewers.NAME", k) not in rows]
+    assert not missing, f"README.md lacks a [viewers.NAME] row for {missing}"
+
+
 def test_readme_has_no_row_for_an_unknown_key() -> None:
     known = {tuple(s.key.rsplit(".", 1)) for s in SETTINGS}
     known |= {("modalities.NAME", k) for k in MODALITY_KEYS} | {("http.users", "NAME")}
     known |= {("dicomweb.servers.NAME", k) for k in DICOMWEB_SERVER_KEYS}
+    from dicomnode.config import VIEWER_KEYS
+
+    known |= {("viewers.NAME", k) for k in VIEWER_KEYS}
     extra = _rows() - known
     assert not extra, f"README.md documents keys that do not exist: {sorted(extra)}"
 

@@ -105,3 +105,17 @@ def test_c_find_qido_and_the_pages_by_any_group(dolmen_factory: Any, dcmtk: Any)
     assert "Yamada, Tarou — 山田 太郎 (やまだ たろう)" in patients and "Wang, XiaoDong — 王 小東" in patients
     listed = server.get("/studies", params={"name": "山田"}).text
     assert "Yamada, Tarou — 山田 太郎" in listed and "Wang, XiaoDong" not in listed
+
+
+def test_an_external_viewer_is_offered_on_study_pages(dolmen_factory: Any) -> None:
+    import requests
+
+    server = dolmen_factory(viewers__ohif={"url": "https://ohif.example.org/viewer?StudyInstanceUIDs={StudyInstanceUID}",
+                                           "label": "OHIF"},
+                            viewers__weasis={"url": "https://weasis.example.org/open?pid={PatientID}"})
+    answer = requests.post(server.url + "/instances", data=(CHARSETS / "chrH31.dcm").read_bytes(), timeout=30)
+    study = answer.json()["ParentStudy"]
+    page = server.get(f"/studies/{study}").text
+    uid = str(pydicom.dcmread(CHARSETS / "chrH31.dcm").StudyInstanceUID)
+    assert f'href="https://ohif.example.org/viewer?StudyInstanceUIDs={uid}"' in page and "Open in OHIF" in page
+    assert 'href="https://weasis.example.org/open?pid=H31EXAMPLE"' in page and "Open in weasis" in page

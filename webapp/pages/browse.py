@@ -237,9 +237,12 @@ def study(public_id: str) -> ResponseReturnValue:
     """A study: patient and study modules, and its series with a thumbnail of each."""
     row = resources.get("study", public_id)
     series = resources.series_of(row)
+    values = {"StudyInstanceUID": row.study_instance_uid, "PatientID": row.patient.patient_id,
+              "AccessionNumber": row.accession_number}
+    viewers = [(v.label or v.name, v.link(**values)) for v in services().settings.viewers]
     return render_template("browse/study.html", study=row, patient=row.patient, series_list=series,
                            key_images=resources.key_images(series), labels=changes.labels_of("Study", row),
-                           all_labels=changes.all_labels())
+                           all_labels=changes.all_labels(), viewers=viewers)
 
 
 @bp.route("/studies/<public_id>/labels", methods=["POST"])
