@@ -71,10 +71,13 @@
         img.alt = "Image " + (shown + 1) + " of " + frames.length;
         root.dataset.shown = String(shown + 1);
         root.dataset.src = im.src;
+        if (!root.dataset.firstMs) { root.dataset.firstMs = String(Math.round(performance.now())); }  // since navigation
       }
-      if (im.complete && im.naturalWidth) { put(); } else { im.addEventListener("load", put, { once: true }); }
+      // The neighbours are fetched once this image is in: asked at the same time, they took the
+      // server's threads from it and the first image of a page came three times later.
+      if (im.complete && im.naturalWidth) { put(); prefetch(); }
+      else { im.addEventListener("load", function () { put(); prefetch(); }, { once: true }); }
       labels();
-      prefetch();
     }
     function go(k) {
       k = Math.max(0, Math.min(frames.length - 1, k));
@@ -183,5 +186,7 @@
     stage.focus({ preventScroll: true });
   }
 
-  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", start); } else { start(); }
+  // Loaded right after the viewer's markup: start at once when it is there.
+  if (document.getElementById("sv") || document.readyState !== "loading") { start(); }
+  else { document.addEventListener("DOMContentLoaded", start); }
 }());

@@ -143,6 +143,26 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
 
     rest.init_app(app)  # after the login and cross-site checks, and the body limits
 
+    # Static files are cached by browsers for a year: their URLs carry the file's modification
+    # time (?v=...), so a new release's files get new URLs. Before, each page asked again for
+    # the stylesheet and the scripts (four round trips before the series viewer's first image).
+    app.config["SEND_FILE_MAX_AGE_DEFAULT"] = 365 * 24 * 3600
+    static_versions: dict[str, str] = {}
+
+    @app.url_defaults
+    def _static_version(endpoint: str, values: dict[str, Any]) -> None:
+        if endpoint != "static" or "filename" not in values or "v" in values:
+            return
+        name = str(values["filename"])
+        version = static_versions.get(name)
+        if version is None:
+            try:
+                version = str(int(os.stat(os.path.join(str(app.static_folder), name)).st_mtime))
+            except OSError:
+                version = __version__
+            static_versions[name] = version
+        values["v"] = version
+
     @app.after_request
     def _headers(response: Any) -> Any:
         response.headers.setdefault("Content-Security-Policy", CSP)
