@@ -56,3 +56,27 @@ def test_without_positions_by_instance_number_and_frames_expanded(tmp_path: Path
         assert all(f.position is None for f in frames)
     finally:
         index.close_index()
+
+
+def test_the_viewer_offers_each_window_of_the_file(dolmen_factory, tmp_path: Path) -> None:
+    import html
+    import io
+
+    import requests
+
+    from dicomnode import demodata
+
+    ds = demodata.make_instance(90, 0, 0, 0, 16, modality="CT")
+    ds.WindowCenter, ds.WindowWidth = [40, -600], [400, 1500]
+    ds.WindowCenterWidthExplanation = ["SOFT", "LUNG"]
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    server = dolmen_factory()
+    series = requests.post(server.url + "/instances", data=buffer.getvalue(), timeout=30).json()["ParentSeries"]
+    page = server.get(f"/series/{series}/view").text
+    stack_json = json.loads(html.unescape(page.split("data-stack='", 1)[1].split("'", 1)[0]))
+    assert stack_json["window"] == [40.0, 400.0]  # dragging starts from the file's first window
+    assert stack_json["presets"]["file-2"] == [-600.0, 1500.0]
+    assert stack_json["labels"]["file-2"] == "LUNG (W 1500 L -600)"
+    assert "ct-lung" in stack_json["presets"]  # and the CT presets
+    assert '<option value="file-2">LUNG (W 1500 L -600)</option>' in page

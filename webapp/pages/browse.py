@@ -416,14 +416,19 @@ def series_viewer(public_id: str) -> ResponseReturnValue:
     row = resources.get("series", public_id)
     study_row = row.study
     frames, spatial = stack.frames_of(row)
-    window = _first_window(frames[0].instance) if frames else None
+    window, declared = _file_windows(frames[0].instance) if frames else (None, [])
+    presets = {k: [WINDOW_PRESETS[k].center, WINDOW_PRESETS[k].width] for k in PRESET_LABELS} \
+        if row.modality == "CT" else {}
+    labels = dict(PRESET_LABELS) if row.modality == "CT" else {}
+    for n, (label, center, width) in enumerate(declared[1:], start=2):  # the first is "From the file"
+        presets[f"file-{n}"] = [center, width]
+        labels[f"file-{n}"] = f"{label} (W {width:g} L {center:g})"
     data = {
         "frames": [[f.instance, f.frame, f.frames, f.number, f.position] for f in frames],
         "spatial": spatial,
         "window": window,
-        "presets": {k: [WINDOW_PRESETS[k].center, WINDOW_PRESETS[k].width] for k in PRESET_LABELS}
-        if row.modality == "CT" else {},
-        "labels": PRESET_LABELS if row.modality == "CT" else {},
+        "presets": presets,
+        "labels": labels,
         "base": url_for("browse.instance", public_id="ID").rsplit("ID", 1)[0],
         "size": PREVIEW_SIZE,
         "fps": 10,
@@ -433,31 +438,45 @@ def series_viewer(public_id: str) -> ResponseReturnValue:
                            data=data, count=len(frames))
 
 
-def _first_window(instance_id: str) -> list[float] | None:
-    """(center, width) the viewer starts from: the file's first window, else one over the stored
-    bit range; None when the first file cannot be read."""
+def _file_windows(instance_id: str) -> tuple[list[float] | None, list[tuple[str, float, float]]]:
+    """The windows of the series' first file: where dragging starts (its first window, else one
+    over the stored bit range; None when the file cannot be read), and each window it declares
+    with its explanation, for the viewer's Window menu."""
     try:
         ds = pydicom.dcmread(services().store.path(resources.get("instance", instance_id).path),
                              stop_before_pixels=True, specific_tags=[
-                                 "WindowCenter", "WindowWidth", "BitsStored", "PixelRepresentation",
-                                 "RescaleSlope", "RescaleIntercept"])
+                                 "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "BitsStored",
+                                 "PixelRepresentation", "RescaleSlope", "RescaleIntercept"])
     except Exception:  # noqa: BLE001 - the viewer still opens, windowing starts from a guess
-        return None
+        return None, []
 
-    def first(value: Any) -> float | None:
+    def values(name: str) -> list[Any]:
+        value = ds.get(name)
+        if value is None or value == "":
+            return []
+        return list(value) if isinstance(value, pydicom.multival.MultiValue) else [value]
+
+    def number(value: Any) -> float | None:
         try:
-            return float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)
-        except (TypeError, ValueError, IndexError):
+            return float(value)
+        except (TypeError, ValueError):
             return None
 
-    center, width = first(ds.get("WindowCenter")), first(ds.get("WindowWidth"))
-    if center is not None and width:
-        return [center, width]
+    centers, widths = values("WindowCenter"), values("WindowWidth")
+    names = [str(v) for v in values("WindowCenterWidthExplanation")]
+    declared = []
+    for n, (c, w) in enumerate(zip(centers, widths)):  # noqa: B905 - the shorter list bounds the pairs
+        center, width = number(c), number(w)
+        if center is not None and width and width > 0:
+            label = names[n] if n < len(names) and names[n].strip() else f"File window {n + 1}"
+            declared.append((label, center, width))
+    if declared:
+        return [declared[0][1], declared[0][2]], declared
     bits = int(ds.get("BitsStored", 12) or 12)
-    slope, intercept = first(ds.get("RescaleSlope")) or 1.0, first(ds.get("RescaleIntercept")) or 0.0
+    slope, intercept = number(ds.get("RescaleSlope")) or 1.0, number(ds.get("RescaleIntercept")) or 0.0
     low = -(2 ** (bits - 1)) if ds.get("PixelRepresentation", 0) == 1 else 0
     high = low + 2 ** bits
-    return [(low + high) / 2 * slope + intercept, (high - low) * slope]
+    return [(low + high) / 2 * slope + intercept, (high - low) * slope], []
 
 
 @bp.route("/instances/<public_id>/thumbnail.png")
