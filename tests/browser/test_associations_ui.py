@@ -32,18 +32,6 @@ def server() -> Iterator[Any]:
     process.stop()
 
 
-@pytest.fixture
-def page(browser: Any, server: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=server.url)
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    tab.on("pageerror", lambda e: errors.append(str(e)))
-    yield tab
-    context.close()
-    assert not errors, errors  # a CSP violation or a script error shows here
-
-
 def echo(dcmtk: Any, server: Any, aet: str) -> str:
     """C-ECHO the server as ``aet``; DCMTK's verbose output (it exits 0 even when refused)."""
     return str(dcmtk("echoscu", "-v", "-aet", aet, "-aec", server.aet, "127.0.0.1",

@@ -36,20 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     process.stop()
 
 
-@pytest.fixture
-def page(browser: Any, server: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=server.url)
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    tab.on("pageerror", lambda e: errors.append(str(e)))
-    tab.expected_errors = []  # type: ignore[attr-defined]  # messages a test provokes on purpose
-    yield tab
-    context.close()
-    errors = [e for e in errors if e not in tab.expected_errors]  # type: ignore[attr-defined]
-    assert not errors, errors  # a CSP violation or a script error shows here
-
-
 def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 

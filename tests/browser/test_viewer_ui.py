@@ -48,18 +48,6 @@ def _first(server: Any, patient_id: str) -> str:
     return str(found.json()[0])
 
 
-@pytest.fixture
-def page(browser: Any, server: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=server.url)
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    tab.on("pageerror", lambda e: errors.append(str(e)))
-    yield tab
-    context.close()
-    assert not errors, errors  # a CSP violation or a script error shows here
-
-
 def _mean(page: Any) -> float:
     """The mean grey level of the image shown, read back through a canvas."""
     return float(page.evaluate("""() => {
