@@ -174,3 +174,19 @@ def test_the_study_and_series_pages_link_the_viewer(page: Any, server: Any) -> N
     page.goto(f"/series/{server.extra['stack']}")
     page.get_by_role("link", name="Open the viewer").click()
     _shown(page, 1)
+
+
+def test_the_browse_pages_fit_a_phone_screen(browser: Any, server: Any) -> None:
+    """No page scrolls sideways at 390 px (wide tables scroll inside their frame): the study page
+    did, by its long Study UID and its series table."""
+    series = server.get(f"/series/{server.extra['stack']}", program=True).json()
+    instance = series["Instances"][0]
+    context = browser.new_context(viewport={"width": 390, "height": 844}, base_url=server.url)
+    try:
+        tab = context.new_page()
+        for path in ("/studies", "/patients", f"/studies/{series['ParentStudy']}", f"/series/{series['ID']}",
+                     f"/instances/{instance}", "/modalities", "/jobs", "/query", "/system", "/upload"):
+            tab.goto(path)
+            assert tab.evaluate("document.documentElement.scrollWidth") <= 390, path
+    finally:
+        context.close()
