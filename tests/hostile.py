@@ -359,7 +359,8 @@ def echo(port: int, aet: str = KNOWN_AET, called: str = "DOLMEN", timeout: float
     ae.add_requested_context(VERIFICATION)
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
-        raise AssertionError(f"C-ECHO association as {aet} not established")
+        why = "rejected (busy or refused)" if assoc.is_rejected else "aborted or timed out"
+        raise AssertionError(f"C-ECHO association as {aet} not established: {why}")
     try:
         status = assoc.send_c_echo()
         if "Status" not in status:
