@@ -10,7 +10,11 @@ with ``[jobs] concurrency = 2`` holding a study to send, then times DCMTK's stor
 2. while two send jobs push the held study to storescp (each job's end is checked to come
    after the reception's end, so the jobs ran during the whole of it).
 
-Prints instances/s of each reception and their ratio. All on free ports, TCP_NODELAY=1 for DCMTK.
+Prints instances/s of each reception and their ratio. Then the other side: one send job of the
+held study alone, and one while a peer holds an association open to Dolmen without sending
+anything (a modality between two studies). Send jobs give way only while objects arrive, so the
+idle association should cost the send nothing (before, any open association made the send
+pause 20 ms per instance). All on free ports, TCP_NODELAY=1 for DCMTK.
 
     .venv/bin/python bench/jobs.py [--send 1500] [--receive 500] [--size 256]
 """
@@ -103,6 +107,28 @@ def main() -> int:
         for j in job_ids:
             wait_for(lambda j=j: server.get(f"/api/jobs/{j}").json()["State"] in ("success", "failure"),
                      timeout=1800, interval=0.2, what=f"send job {j}")
+
+        def send_seconds() -> float:
+            job_id = control.call("send", modality="scp", resources=[{"level": "study", "id": study}])["job"]
+            job = wait_for(lambda: (lambda j: j if j["State"] in ("success", "failure") else None)(
+                server.get(f"/api/jobs/{job_id}").json()), timeout=1800, interval=0.05, what="send job")
+            assert job["State"] == "success", job["Error"]
+            return float(job["Duration"])
+
+        alone = send_seconds()
+        print(f"  send job, no association open      {alone:6.2f} s  {args.send / alone:6.0f} instances/s")
+        from pynetdicom import AE
+        from pynetdicom.sop_class import Verification
+        peer = AE(ae_title="IDLEPEER")
+        peer.add_requested_context(Verification)
+        assoc = peer.associate("127.0.0.1", server.dicom_port, ae_title=aet)
+        assert assoc.is_established, "the idle association was not accepted"
+        try:
+            beside = send_seconds()
+        finally:
+            assoc.release()
+        print(f"  send job, an idle association open {beside:6.2f} s  {args.send / beside:6.0f} instances/s")
+        print(f"Send beside an idle association: {beside / alone:.2f}× its time alone")
         return 0
     finally:
         for process in reversed(started):

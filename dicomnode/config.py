@@ -168,6 +168,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage.overwrite", bool, False, "A second copy of a stored instance replaces the first (else it is kept and reported as already stored).", None),
     Setting("storage.min_free_mb", int, 256, "Refuse new objects when the storage volume has less free space than this, in MiB.", _non_negative),
     Setting("storage.fsync", bool, True, "fsync each file and its folder before acknowledging (turn off only on battery-backed storage).", None),
+    Setting("storage.busy_timeout", float, 30.0, "Seconds a write waits for the SQLite index held by another process before the object is refused (C-STORE 0x0110, the sender may retry).", _positive),
     Setting("storage.objects", str, "files", 'Where stored objects go: "files" (under storage.path) or "s3" (the bucket of [storage.s3], shared by several nodes).', _check_objects),
     Setting("storage.s3.endpoint", str, "", "URL of the S3-compatible server, e.g. http://s3.example.org:8333 (empty: AWS S3).", None),
     Setting("storage.s3.bucket", str, "dolmen", "Bucket holding the objects (it must exist).", None),

@@ -51,7 +51,8 @@ class Sidecar:
         self.settings = settings
         self.stopped = threading.Event()
         self.store = open_store(settings)
-        index.open_index(settings.database_url, synchronous_full=False)
+        index.open_index(settings.database_url, synchronous_full=False,
+                         busy_timeout=settings["storage.busy_timeout"])
         self.ingestor = Ingestor(self.store, overwrite=settings["storage.overwrite"])
         self.ctx = service.Context(settings, self.ingestor)
         self.server: Any = None
@@ -83,7 +84,7 @@ class Sidecar:
                 evt_handlers=scp.handlers(self.ctx), ssl_context=tls.server_context(self.settings))
             self.tls_port = int(self.tls_server.server_address[1])
             LOGGER.info("DICOM TLS listener on %s:%d", self.settings["dicom.host"], self.tls_port)
-        jobs.reception_busy = lambda: bool(ae.active_associations)  # jobs give way to reception
+        jobs.reception_busy = service.Reception.active  # send jobs give way while objects arrive
         self.control = ControlServer(self.settings.control_socket)
         self.control.register("status", self.op_status)
         self.control.register("echo", self.op_echo)

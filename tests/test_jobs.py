@@ -190,6 +190,29 @@ def test_jobs_give_way_while_the_dicom_server_receives(runner: jobs.Runner, monk
     assert time.monotonic() - started < 5
 
 
+def test_reception_counts_as_busy_only_while_pieces_of_objects_arrive(short_tmp: Path, monkeypatch: Any) -> None:
+    """What the sidecar gives send jobs as ``reception_busy``: an open association that sends
+    nothing does not make it busy; each piece of an object written to the spool does, for
+    ``Reception.WINDOW`` seconds."""
+    from dicomnode.net import scp
+    from dicomnode.net.service import Reception
+
+    monkeypatch.setattr(Reception, "WINDOW", 0.2)
+    monkeypatch.setattr(Reception, "last", -1e9)
+    monkeypatch.setattr(scp._CappedSpool, "folder", short_tmp)
+    monkeypatch.setattr(scp._CappedSpool, "cap", None)
+    assert not Reception.active()
+    spool = scp._CappedSpool()
+    assert Reception.active()  # a C-STORE's dataset began to arrive
+    time.sleep(0.25)
+    assert not Reception.active()
+    spool.write(b"x" * 100)
+    assert Reception.active()
+    spool.close()
+    time.sleep(0.25)
+    assert not Reception.active()
+
+
 def test_running_jobs_are_marked_interrupted_at_start(short_tmp: Path) -> None:
     settings = config.from_dict({"storage": {"path": str(short_tmp / "data")}})
     index.open_index(settings.database_url)

@@ -79,7 +79,8 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
     app.config["MAX_FORM_PARTS"] = 20000
 
     store = open_store(settings)
-    index.open_index(settings.database_url, synchronous_full=False)
+    index.open_index(settings.database_url, synchronous_full=False,
+                     busy_timeout=settings["storage.busy_timeout"])
     index.close_index()
     render.start_decoding()  # compressed frames decode in worker processes (dicomnode.render.decodepool)
     describe = supervisor.describe if supervisor else None

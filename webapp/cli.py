@@ -53,7 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         check_socket_path(settings.control_socket)
         store = open_store(settings)
-        index.open_index(settings.database_url, synchronous_full=False)
+        index.open_index(settings.database_url, synchronous_full=False,
+                         busy_timeout=settings["storage.busy_timeout"])
         reconcile.run(store, Ingestor(store, overwrite=settings["storage.overwrite"]))
         index.close_index()
         supervisor = Supervisor(settings)
@@ -135,7 +136,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     logging.basicConfig(level=logging.WARNING)
     store = open_store(settings)
-    index.open_index(settings.database_url, synchronous_full=False)
+    index.open_index(settings.database_url, synchronous_full=False,
+                     busy_timeout=settings["storage.busy_timeout"])
     ingestor = Ingestor(store, overwrite=settings["storage.overwrite"])
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
@@ -177,7 +179,8 @@ def cmd_migrate_storage(args: argparse.Namespace) -> int:
                        access_key=settings["storage.s3.access_key"], secret_key=settings["storage.s3.secret_key"],
                        prefix=settings["storage.s3.prefix"], timeout=settings["storage.s3.timeout"])
         dest.check_bucket()
-        index.open_index(settings.database_url, synchronous_full=False)
+        index.open_index(settings.database_url, synchronous_full=False,
+                         busy_timeout=settings["storage.busy_timeout"])
         with tqdm(unit="object", disable=args.quiet or not sys.stderr.isatty()) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total

@@ -338,7 +338,8 @@ class _PostgresqlIndex(_ReapsDeadThreads, peewee.PostgresqlDatabase):
     pass
 
 
-def open_index(url: str, *, synchronous_full: bool = True, create: bool = True) -> peewee.Database:
+def open_index(url: str, *, synchronous_full: bool = True, create: bool = True,
+               busy_timeout: float = 30.0) -> peewee.Database:
     """Open the index at ``url``, bind :data:`db` to it and create missing tables.
 
     Parameters
@@ -350,6 +351,9 @@ def open_index(url: str, *, synchronous_full: bool = True, create: bool = True) 
         (safe against a crash of Dolmen, not of the machine).
     create : bool
         Create tables that do not exist yet.
+    busy_timeout : float
+        SQLite: seconds a statement waits for a lock held by another connection
+        (``[storage] busy_timeout``).
 
     Raises
     ------
@@ -365,13 +369,13 @@ def open_index(url: str, *, synchronous_full: bool = True, create: bool = True) 
             path,
             pragmas={
                 "journal_mode": "wal",
-                "busy_timeout": 30000,
+                "busy_timeout": int(busy_timeout * 1000),
                 "synchronous": "full" if synchronous_full else "normal",
                 "foreign_keys": 1,
                 "cache_size": -32000,
                 "temp_store": "memory",
             },
-            timeout=30,
+            timeout=busy_timeout,
             check_same_thread=False,
         )
     elif url.startswith(("postgresql://", "postgres://")):

@@ -97,9 +97,11 @@ KIND_MODULES: tuple[str, ...] = ("dicomnode.jobs.transfer", "dicomnode.dicomweb.
 #: Seconds between two progress writes of one job.
 PROGRESS_INTERVAL = 0.5
 
-#: Set by the sidecar: True while its DICOM server has an association open. A send job then
-#: pauses :data:`YIELD_TO_RECEPTION` seconds between two instances (:meth:`JobContext.give_way`),
-#: so that background work does not slow what a modality is sending us.
+#: Set by the sidecar: True while its DICOM server is receiving objects (a piece arrived in the
+#: last quarter second, :class:`dicomnode.net.service.Reception`). A send job then pauses
+#: :data:`YIELD_TO_RECEPTION` seconds between two instances (:meth:`JobContext.give_way`), so
+#: that background work does not slow what a modality is sending us; an association that is
+#: open but idle does not slow the send.
 reception_busy: Callable[[], bool] | None = None
 YIELD_TO_RECEPTION = 0.02
 #: Entries kept in ``details`` (failures and transcript); further ones are only counted.
@@ -468,7 +470,7 @@ class JobContext:
         return self._cancel.is_set()
 
     def give_way(self) -> None:
-        """Pause :data:`YIELD_TO_RECEPTION` seconds while the DICOM server receives
+        """Pause :data:`YIELD_TO_RECEPTION` seconds while the DICOM server is receiving objects
         (:data:`reception_busy`), unless a cancel was asked.
 
         For jobs that compete with reception (a send), between two items. Not for a retrieve:

@@ -54,6 +54,7 @@ from dicomnode.net import hardening
 from dicomnode.net.find import handle_find
 from dicomnode.net.service import QR_MODELS
 from dicomnode.net.service import Context
+from dicomnode.net.service import Reception
 from dicomnode.net.service import event_peer
 from dicomnode.net.service import log_event
 from dicomnode.net.service import status_dataset
@@ -86,8 +87,10 @@ class _CappedSpool:
         self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.file = self
         self.written = 0
+        Reception.touch()
 
     def write(self, data: bytes) -> int:
+        Reception.touch()
         self.written += len(data)
         if self.cap is not None and self.written > self.cap:
             self.close()
@@ -181,6 +184,7 @@ def handle_store(event: evt.Event, ctx: Context) -> int | Dataset:
         event.dataset_path, Source("dicom", calling, ip, called),
         expected_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
         expected_sop_class_uid=str(request.AffectedSOPClassUID or ""))
+    Reception.touch()
     if result.ok:
         ctx.counters.bump("instances_received")
         _association_count(event)

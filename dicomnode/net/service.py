@@ -53,6 +53,29 @@ class Counters:
             setattr(self, name, getattr(self, name) + n)
 
 
+class Reception:
+    """When the DICOM server last received a piece of an object (a P-DATA write to a spool file,
+    or the end of a C-STORE).
+
+    Send jobs give way to reception while it is :meth:`active` (see
+    :meth:`dicomnode.jobs.JobContext.give_way`): an association that is open but idle (a
+    modality between two studies, a viewer keeping its association) slows nothing.
+    """
+
+    #: Seconds after the last received piece during which reception counts as active: longer
+    #: than the gap between two objects of one sender, shorter than a pause between studies.
+    WINDOW = 0.25
+    last = -1e9
+
+    @classmethod
+    def touch(cls) -> None:
+        cls.last = time.monotonic()
+
+    @classmethod
+    def active(cls) -> bool:
+        return time.monotonic() - cls.last < cls.WINDOW
+
+
 @dataclass
 class Context:
     """What the handlers need: settings, the ingest path and the counters."""
