@@ -278,6 +278,7 @@ class Sidecar:
         self.runner.stop()
         for thread in stoppers:
             thread.join()
+        scp.discard_spool_reserve()
         self.store.close()
         index.close_index()
         self.stopped.set()

@@ -398,6 +398,23 @@ def store(
     return out
 
 
+def spool_contents(folder: Path) -> list[Path]:
+    """Files under a spool ``folder`` (``tmp`` or ``tmp/scp``) but the empty ones the sidecar
+    creates ahead for its next C-STOREs (``dicomnode.net.scp.RESERVE_PREFIX``)."""
+    if not folder.exists():
+        return []
+    return [p for p in folder.rglob("*") if p.is_file() and not _reserved(p)]
+
+
+def _reserved(path: Path) -> bool:
+    from dicomnode.net.scp import RESERVE_PREFIX
+
+    try:
+        return path.name.startswith(RESERVE_PREFIX) and path.stat().st_size == 0
+    except FileNotFoundError:
+        return True  # taken and removed meanwhile
+
+
 def rss_kb(pid: int) -> int:
     """Resident memory of process ``pid`` in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -536,9 +553,9 @@ class Survival:
         return missing
 
     def spool_files(self) -> list[str]:
-        """Temporary files left in the storage's spool folders."""
-        tmp = self.server.data / "tmp"
-        return [str(p) for p in tmp.rglob("*") if p.is_file()] if tmp.exists() else []
+        """Temporary files left in the storage's spool folders (not counting the empty ones the
+        sidecar creates ahead for the next C-STOREs)."""
+        return [str(p) for p in spool_contents(self.server.data / "tmp")]
 
     # -- the contract
     def check(

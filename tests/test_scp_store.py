@@ -17,6 +17,7 @@ from dicomnode import demodata
 from tests.conftest import DolmenProcess
 from tests.conftest import pydicom_test_files
 from tests.conftest import wait_for
+from tests.hostile import spool_contents
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -139,7 +140,7 @@ def test_object_over_the_cap_aborts_and_leaves_nothing(dolmen_factory, dcmtk, sh
     assert result.returncode != 0
     assert _instances_by_uid(server) == collections.Counter()
     assert not list((server.data / "files").rglob("*.dcm"))
-    wait_for(lambda: not any((server.data / "tmp" / "scp").iterdir()), what="the spool to be emptied")
+    wait_for(lambda: not spool_contents(server.data / "tmp" / "scp"), what="the spool to be emptied")
     dcmtk("echoscu", "-aec", "DOLMEN", "127.0.0.1", str(server.dicom_port))  # still serving
 
 
@@ -185,7 +186,7 @@ def test_sigkill_mid_transfer_leaves_nothing_and_restarts(dolmen_factory, dcmtk,
 
     def receiving() -> bool:
         peak_rss[0] = max(peak_rss[0], _rss_mb(old_pid))
-        parts = list(spool.iterdir()) if spool.exists() else []
+        parts = spool_contents(spool)
         return bool(parts) and parts[0].stat().st_size > 20 * 1024 * 1024
 
     try:
@@ -202,7 +203,7 @@ def test_sigkill_mid_transfer_leaves_nothing_and_restarts(dolmen_factory, dcmtk,
     after = _instances_by_uid(server)
     assert big_uid not in after and after == before
     assert sorted((server.data / "files").rglob("*.dcm")) == files_before
-    wait_for(lambda: not any(spool.iterdir()), what="the partial object to be removed")
+    wait_for(lambda: not spool_contents(spool), what="the partial object to be removed")
     page = server.get("/system").text
     assert "Restarts" in page
     more = demodata.write(short_tmp / "more", patients=1, studies=1, series=1, instances=2, size=16, first_patient=5)
@@ -232,3 +233,23 @@ def test_concurrent_associations_store_everything(dolmen_factory, dcmtk, short_t
         t.join()
     assert not errors
     assert server.get("/api/statistics").json()["CountInstances"] == 120
+
+
+def test_spool_files_are_made_ahead_and_removed_at_stop(dolmen_factory, dcmtk, short_tmp: Path) -> None:
+    """C-STOREs take spool files created ahead (their creation waited on the disk's journal on
+    the path of every small instance); a clean stop removes the ones not taken."""
+    from dicomnode.net.scp import RESERVE_PREFIX
+
+    server = dolmen_factory()
+    spool = server.data / "tmp" / "scp"
+    files = demodata.write(short_tmp / "few", patients=1, studies=1, series=1, instances=3, size=16)
+    dcmtk("storescu", "-aec", "DOLMEN", "127.0.0.1", str(server.dicom_port), *files)
+    assert len(_instances_by_uid(server)) == 3
+
+    def reserve() -> list[Path]:
+        return [p for p in spool.iterdir() if p.name.startswith(RESERVE_PREFIX)]
+
+    wait_for(lambda: len(reserve()) >= 4, what="spool files made ahead")
+    assert all(p.stat().st_size == 0 for p in reserve()) and not spool_contents(spool)
+    server.stop()
+    assert not list(spool.iterdir())

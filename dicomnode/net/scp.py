@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -83,8 +84,7 @@ class _CappedSpool:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         folder = self.folder or Path(tempfile.gettempdir())
-        self.name = str(folder / f"scp-{uuid.uuid4().hex}.part")
-        self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.name, self._fd = _RESERVE.take(folder)
         self.file = self
         self.written = 0
         Reception.touch()
@@ -109,6 +109,83 @@ class _CappedSpool:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+#: Name prefix of the spool files made ahead by :class:`_SpoolReserve` (empty until taken).
+RESERVE_PREFIX = "scp-ready-"
+
+
+def _create_spool(folder: Path, prefix: str = "scp-") -> tuple[str, int]:
+    name = str(folder / f"{prefix}{uuid.uuid4().hex}.part")
+    return name, os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+class _SpoolReserve:
+    """Empty spool files created ahead, so that a C-STORE does not wait for its file's creation.
+
+    Creating a file in the spool folder took 0.3 ms of each small C-STORE on ext4 while the
+    fsyncs of the previous instances held the journal (a fifth of a 32×32 instance's time, on
+    the path between the command set's arrival and the response). A background thread keeps
+    :data:`SIZE` empty files (named :data:`RESERVE_PREFIX`...) ready; when none is left the
+    file is created on the spot as before. :meth:`discard` removes them when the sidecar
+    stops; after a crash they are spool debris like any other (removed at the next start,
+    :meth:`~dicomnode.archive.store.Store.clear_spool`).
+    """
+
+    SIZE = 8
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: dict[Path, list[tuple[str, int]]] = {}
+        self._wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def take(self, folder: Path) -> tuple[str, int]:
+        with self._lock:
+            ready = self._ready.setdefault(folder, [])
+            found = ready.pop() if ready else None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._fill, name="spool-reserve", daemon=True)
+                self._thread.start()
+        self._wanted.set()
+        return found if found is not None else _create_spool(folder)
+
+    def _fill(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            with self._lock:
+                folders = list(self._ready)
+            for folder in folders:
+                while True:
+                    with self._lock:
+                        ready = self._ready[folder]
+                        if len(ready) >= self.SIZE:
+                            break
+                    try:
+                        made = _create_spool(folder, RESERVE_PREFIX)
+                    except OSError as exc:  # the folder went away (tests) or the disk is full
+                        LOGGER.debug("Cannot create a spool file ahead in %s: %s", folder, exc)
+                        break
+                    with self._lock:
+                        ready.append(made)
+
+
+    def discard(self) -> None:
+        """Close and remove the files held in reserve."""
+        with self._lock:
+            held = [made for ready in self._ready.values() for made in ready]
+            for ready in self._ready.values():
+                ready.clear()
+        for name, fd in held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+
+
+_RESERVE = _SpoolReserve()
+discard_spool_reserve = _RESERVE.discard
 
 
 def install_spool(folder: Path, cap_bytes: int) -> None:
