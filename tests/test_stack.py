@@ -80,3 +80,33 @@ def test_the_viewer_offers_each_window_of_the_file(dolmen_factory, tmp_path: Pat
     assert stack_json["labels"]["file-2"] == "LUNG (W 1500 L -600)"
     assert "ct-lung" in stack_json["presets"]  # and the CT presets
     assert '<option value="file-2">LUNG (W 1500 L -600)</option>' in page
+
+
+def test_cine_plays_at_the_rate_the_file_gives(dolmen_factory) -> None:
+    """Cine Rate, else Recommended Display Frame Rate, else 1000 / Frame Time; 10 without them."""
+    import html
+    import io
+
+    import requests
+
+    from dicomnode import demodata
+
+    server = dolmen_factory()
+
+    def fps_of(n: int, **tags: object) -> int:
+        ds = demodata.make_instance(91 + n, 0, 0, 0, 16, modality="US")
+        for name, value in tags.items():
+            setattr(ds, name, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        answer = requests.post(server.url + "/instances", data=buffer.getvalue(), timeout=30)
+        page = server.get(f"/series/{answer.json()['ParentSeries']}/view").text
+        data = json.loads(html.unescape(page.split("data-stack='", 1)[1].split("'", 1)[0]))
+        assert f'value="{data["fps"]}" data-act="fps"' in page  # the rate input starts there too
+        return int(data["fps"])
+
+    assert fps_of(0) == 10
+    assert fps_of(1, FrameTime=40) == 25
+    assert fps_of(2, FrameTime=33.3, RecommendedDisplayFrameRate=15) == 15
+    assert fps_of(3, CineRate=30, FrameTime=100) == 30
+    assert fps_of(4, CineRate=500) == 60  # within 1 to 60

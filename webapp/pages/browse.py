@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import math
 import re
 from typing import Any
 
@@ -416,7 +417,7 @@ def series_viewer(public_id: str) -> ResponseReturnValue:
     row = resources.get("series", public_id)
     study_row = row.study
     frames, spatial = stack.frames_of(row)
-    window, declared = _file_windows(frames[0].instance) if frames else (None, [])
+    window, declared, fps = _file_display(frames[0].instance) if frames else (None, [], DEFAULT_FPS)
     presets = {k: [WINDOW_PRESETS[k].center, WINDOW_PRESETS[k].width] for k in PRESET_LABELS} \
         if row.modality == "CT" else {}
     labels = dict(PRESET_LABELS) if row.modality == "CT" else {}
@@ -431,25 +432,53 @@ def series_viewer(public_id: str) -> ResponseReturnValue:
         "labels": labels,
         "base": url_for("browse.instance", public_id="ID").rsplit("ID", 1)[0],
         "size": PREVIEW_SIZE,
-        "fps": 10,
+        "fps": fps,
         "truncated": row.num_instances > stack.MAX_INSTANCES,
     }
     return render_template("browse/viewer.html", series=row, study=study_row, patient=study_row.patient,
                            data=data, count=len(frames))
 
 
-def _file_windows(instance_id: str) -> tuple[list[float] | None, list[tuple[str, float, float]]]:
-    """The windows of the series' first file: where dragging starts (its first window, else one
-    over the stored bit range; None when the file cannot be read), and each window it declares
-    with its explanation, for the viewer's Window menu."""
+#: Cine frames per second when the file gives no rate.
+DEFAULT_FPS = 10
+
+
+def _file_display(instance_id: str) -> tuple[list[float] | None, list[tuple[str, float, float]], int]:
+    """How the series' first file asks to be shown: where dragging starts (its first window,
+    else one over the stored bit range; None when the file cannot be read), each window it
+    declares with its explanation (the viewer's Window menu), and the cine rate in frames per
+    second ((0018,0040) Cine Rate, else (0008,2144) Recommended Display Frame Rate, else 1000 /
+    (0018,1063) Frame Time in ms; :data:`DEFAULT_FPS` without them), within 1 to 60."""
     try:
         ds = pydicom.dcmread(services().store.path(resources.get("instance", instance_id).path),
                              stop_before_pixels=True, specific_tags=[
                                  "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "BitsStored",
-                                 "PixelRepresentation", "RescaleSlope", "RescaleIntercept"])
+                                 "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "CineRate",
+                                 "RecommendedDisplayFrameRate", "FrameTime"])
     except Exception:  # noqa: BLE001 - the viewer still opens, windowing starts from a guess
-        return None, []
+        return None, [], DEFAULT_FPS
+    window, declared = _windows(ds)
+    return window, declared, _cine_rate(ds)
 
+
+def _cine_rate(ds: pydicom.Dataset) -> int:
+    for name in ("CineRate", "RecommendedDisplayFrameRate"):
+        try:
+            rate = float(ds.get(name) or 0)
+        except (TypeError, ValueError):
+            rate = 0.0
+        if rate > 0 and math.isfinite(rate):
+            return max(1, min(60, round(rate)))
+    try:
+        frame_time = float(ds.get("FrameTime") or 0)
+    except (TypeError, ValueError):
+        frame_time = 0.0
+    if frame_time > 0 and math.isfinite(frame_time):
+        return max(1, min(60, round(1000 / frame_time)))
+    return DEFAULT_FPS
+
+
+def _windows(ds: pydicom.Dataset) -> tuple[list[float], list[tuple[str, float, float]]]:
     def values(name: str) -> list[Any]:
         value = ds.get(name)
         if value is None or value == "":
