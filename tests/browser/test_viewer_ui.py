@@ -74,11 +74,16 @@ def _shown(page: Any, n: int) -> None:
 
 
 def test_scroll_a_200_instance_series_by_wheel_and_keys(page: Any, server: Any) -> None:
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/preview.jpg" in r.url else None)
     page.goto(f"/series/{server.extra['stack']}/view")
     _shown(page, 1)
     label = page.locator(".sv-pos")
     expect(label).to_contain_text("Image 1 / 200")
     first_src = page.locator("#sv").get_attribute("data-src")
+    # The page preloads the first image and the script's request for it is that one, not a second.
+    preload = page.locator("link[rel=preload][as=image]").get_attribute("href")
+    assert first_src and first_src.endswith(preload) and asked[0] == first_src and asked.count(first_src) == 1
     box = page.locator(".sv-stage").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     for _ in range(3):

@@ -13,6 +13,7 @@ import logging
 import math
 import re
 from typing import Any
+from urllib.parse import quote
 
 import pydicom
 from flask import Blueprint
@@ -435,8 +436,11 @@ def series_viewer(public_id: str) -> ResponseReturnValue:
         "fps": fps,
         "truncated": row.num_instances > stack.MAX_INSTANCES,
     }
+    # The first image's URL as viewer.js builds it: the page preloads it while the script loads.
+    first = (f"{data['base']}{quote(frames[0].instance, safe='')}/preview.jpg?frame={frames[0].frame}"
+             f"&size={PREVIEW_SIZE}") if frames else ""
     return render_template("browse/viewer.html", series=row, study=study_row, patient=study_row.patient,
-                           data=data, count=len(frames))
+                           data=data, count=len(frames), first=first)
 
 
 #: Cine frames per second when the file gives no rate.
