@@ -489,3 +489,43 @@ def test_status_messages_say_what_to_do() -> None:
     assert "(bad pixel data)" in connect.status_message(0xC000, "store", node, comment="bad pixel data")
     other = connect.status_message(0xA801, "move", node, destination="VIEWER")
     assert "does not know the AE title 'VIEWER'" in other
+
+
+@pytest.mark.parametrize("chunk", [16372, 65530, 1 << 20])
+def test_files_go_out_as_pdus_holding_exactly_the_stored_data_set(tmp_path: Path, chunk: int) -> None:
+    """What the direct C-STORE writes: the command PDU, then the file's data set (not its
+    preamble and meta) in PDUs of at most ``chunk`` bytes, the last one flagged last; a 3 MiB
+    file crosses several 1 MiB socket writes."""
+    import struct
+    import threading
+
+    path = demodata.write_large(tmp_path / "big.dcm", 3)
+    raw = path.read_bytes()
+    meta_len = int.from_bytes(raw[140:144], "little")
+    expected = raw[144 + meta_len:]
+    ours, theirs = socket.socketpair()
+    got = bytearray()
+    with ours, theirs:
+        def read_all() -> None:
+            while True:
+                part = theirs.recv(1 << 20)
+                if not part:
+                    return
+                got.extend(part)
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        with open(path, "rb", buffering=0) as f:
+            wire._send_file_pdus(ours, f, str(path), b"HEAD", 7, chunk)
+        ours.shutdown(socket.SHUT_WR)
+        reader.join(30)
+    assert got[:4] == b"HEAD"
+    pos, data, flags = 4, bytearray(), []
+    while pos < len(got):
+        pdu_type, _, pdu_len, item_len, context_id, control = struct.unpack_from(">BBIIBB", got, pos)
+        assert pdu_type == 4 and context_id == 7 and item_len == pdu_len - 4 and item_len - 2 <= chunk
+        data += got[pos + 12:pos + 6 + pdu_len]
+        flags.append(control)
+        pos += 6 + pdu_len
+    assert bytes(data) == expected
+    assert flags[-1] == 0x02 and set(flags[:-1]) <= {0x00}
