@@ -189,8 +189,11 @@ def test_the_browse_pages_fit_a_phone_screen(browser: Any, server: Any) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, base_url=server.url)
     try:
         tab = context.new_page()
-        for path in ("/studies", "/patients", f"/studies/{series['ParentStudy']}", f"/series/{series['ID']}",
-                     f"/instances/{instance}", "/modalities", "/jobs", "/query", "/system", "/upload"):
+        study = server.get(f"/studies/{series['ParentStudy']}", program=True).json()
+        for path in ("/studies", "/patients", f"/patients/{study['ParentPatient']}", f"/studies/{series['ParentStudy']}",
+                     f"/series/{series['ID']}", f"/instances/{instance}", f"/studies/{series['ParentStudy']}/delete",
+                     "/modalities", "/modalities/new", "/associations", "/jobs", "/exports", "/query",
+                     "/dicomweb/servers", "/system", "/upload"):
             tab.goto(path)
             assert tab.evaluate("document.documentElement.scrollWidth") <= 390, path
     finally:
