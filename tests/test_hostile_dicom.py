@@ -9,12 +9,18 @@ import shutil
 import socket
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom import build_role
+from pynetdicom import evt
 
 from tests.conftest import DolmenProcess
 from tests.conftest import make_config_doc
@@ -38,6 +44,7 @@ from tests.hostile import presentation_context
 from tests.hostile import release_rq
 from tests.hostile import rss_kb
 from tests.hostile import small_instance
+from tests.hostile import store
 from tests.hostile import store_rq
 from tests.hostile import user_information
 
@@ -454,3 +461,46 @@ def test_many_hostile_connections_at_once_leave_the_others_working(
         for job in jobs:
             job.result(timeout=60)
     survival.check(problem="closed|rejected|aborted")
+
+
+def test_a_get_requester_that_never_answers_a_store_is_aborted_at_the_dimse_timeout(
+    server: DolmenProcess, survival: Survival
+) -> None:
+    """Dolmen's C-GET waits for each C-STORE response in the thread that sends the instances:
+    a requester that never answers is aborted at [dicom] dimse_timeout (5 s here), not later,
+    and nothing waits on it afterwards."""
+    study = "1.2.826.0.1.3680043.10.1078.4.77"
+    assert store(server.dicom_port, [small_instance(study, n=1), small_instance(study, n=2)]) == [0, 0]
+    get_model = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root GET
+    ae = AE(ae_title=KNOWN_AET)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(get_model)
+    ae.add_requested_context(CT_IMAGE_STORAGE)
+    stores: list[float] = []
+
+    def on_store(event: object) -> int:
+        stores.append(time.monotonic())
+        time.sleep(8)  # past Dolmen's 5 s DIMSE timeout
+        return 0
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="DOLMEN",
+                         ext_neg=[build_role(CT_IMAGE_STORAGE, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    responses: list[tuple[Dataset, Any]] = []
+    requester = threading.Thread(target=lambda: responses.extend(assoc.send_c_get(query, get_model)))
+    requester.start()
+    try:
+        wait_for(lambda: stores, timeout=10, what="the first C-STORE")
+        wait_for(lambda: server.status()["associations"] == 0, timeout=15, what="Dolmen to end the association")
+        ended = time.monotonic() - stores[0]
+    finally:
+        requester.join(20)
+    assert 4.5 <= ended <= 7.5, f"ended {ended:.1f} s after the unanswered C-STORE"
+    assert len(stores) == 1, "a second instance was sent after the unanswered one"
+    assert assoc.is_aborted
+    assert not [s for s, _ in responses if "Status" in s and s.Status == 0x0000]
+    survival.check(tracebacks_ok=False)

@@ -537,6 +537,48 @@ def test_get_cancel(pacs: DolmenProcess) -> None:
 # -- access control and the association log ---------------------------------------------------
 
 
+def test_get_takes_every_kind_of_store_response(pacs: DolmenProcess) -> None:
+    """Dolmen's C-GET reads the requester's C-STORE responses in the thread that sends the
+    instances. A response it does not parse there (one with an Offending Element) goes back to
+    pynetdicom's reader and counts as what it says; the instances after it still go out."""
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.2.1.3")  # Patient Root GET
+    for uid in (CT, MR):
+        ae.add_requested_context(uid)
+    got: list[str] = []
+
+    def on_store(event: evt.Event) -> Any:
+        got.append(str(event.request.AffectedSOPInstanceUID))
+        status = Dataset()
+        if len(got) == 2:  # a warning with a comment: still the parsed fast path
+            status.Status = 0xB000
+            status.ErrorComment = "coerced"
+            return status
+        if len(got) == 4:  # an error naming an element: left to pynetdicom
+            status.Status = 0xC000
+            status.OffendingElement = [0x00100010]
+            status.ErrorComment = "cannot process"
+            return status
+        return 0
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "PATIENT"
+    ds.PatientID = "PAT00002"
+    assoc = ae.associate("127.0.0.1", pacs.dicom_port, ae_title=pacs.aet,
+                         ext_neg=[build_role(CT, scp_role=True), build_role(MR, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    responses = list(assoc.send_c_get(ds, "1.2.840.10008.5.1.4.1.2.1.3"))
+    assoc.release()
+    status, identifier = responses[-1]
+    assert status.Status == 0xB000
+    counts = (status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations,
+              status.NumberOfWarningSuboperations)
+    assert counts == (6, 1, 1)
+    assert identifier.FailedSOPInstanceUIDList == got[3]
+    assert len(got) == 8
+    assert responses[0][0].NumberOfRemainingSuboperations == 7
+
+
 def test_access_rules_of_the_shared_server(pacs: DolmenProcess, dcmtk: Dcmtk, tmp_path: Path) -> None:
     # An unknown AE may store and echo (default [dicom] unknown_aet) but not query or retrieve.
     answers, log = find(dcmtk, pacs, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=PAT00001",

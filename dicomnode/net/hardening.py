@@ -45,9 +45,9 @@ import logging
 import os
 import re
 import socket
+import ssl
 import struct
 import threading
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -171,6 +171,20 @@ def _read_exact(raw: socket.socket, n: int, deadline: float) -> bytes | None:
     return b"".join(parts)
 
 
+def _take(provider: Any, raw: socket.socket, n: int, deadline: float) -> bytes | None:
+    """:func:`_read_exact`, starting with the bytes a parked reader left unread
+    (:func:`dicomnode.net.latency.unpark`)."""
+    unread = getattr(provider, "_unread", b"")
+    if not unread:
+        return _read_exact(raw, n, deadline)
+    if len(unread) >= n:
+        provider._unread = unread[n:]
+        return unread[:n]
+    provider._unread = b""
+    rest = _read_exact(raw, n - len(unread), deadline)
+    return None if rest is None else unread + rest
+
+
 def refuse(provider: Any, problem: str, reason: int) -> None:
     """Log ``problem`` with the peer, send an A-ABORT (source 2, ``reason``) and close."""
     assoc = provider.assoc
@@ -260,7 +274,7 @@ def _read_pdu_data(self: Any) -> None:
     budget = assoc.network_timeout if assoc.is_established else assoc.acse_timeout
     deadline = time.monotonic() + (budget if budget else DEFAULT_DEADLINE)
     try:
-        head = _read_exact(raw, 6, deadline)
+        head = _take(self, raw, 6, deadline)
     except _Timeout:
         refuse(self, f"no whole PDU header within {budget or DEFAULT_DEADLINE:g} s (a slow or stalled peer)",
                REASON_UNEXPECTED_PDU)
@@ -281,7 +295,7 @@ def _read_pdu_data(self: Any) -> None:
         refuse(self, f"{name} PDU of {length} bytes, more than the {cap} allowed", REASON_INVALID_PARAMETER)
         return
     try:
-        body = _read_exact(raw, length, deadline)
+        body = _take(self, raw, length, deadline)
     except _Timeout as exc:
         refuse(self, f"{name} PDU not received within {budget or DEFAULT_DEADLINE:g} s "
                      f"({exc.args[0]} of {length} bytes; a slow or stalled peer)", REASON_UNEXPECTED_PDU)

@@ -26,9 +26,12 @@ from dicomnode.net.connect import UNCOMPRESSED
 from dicomnode.net.connect import associate
 from dicomnode.net.connect import status_message
 from dicomnode.net.wire import SendItem
+from dicomnode.net.wire import StoreStatus
 from dicomnode.net.wire import _reactor_held
 from dicomnode.net.wire import _store_responses_decoded_here
+from dicomnode.net.wire import responses_read_here
 from dicomnode.net.wire import send_c_store_direct
+from dicomnode.net.wire import stop_reading_here
 from dicomnode.peers import Node
 from dicomnode.status import STORE_WARNINGS
 from dicomnode.status import SUCCESS
@@ -154,7 +157,7 @@ def send_over(
         When the association is aborted.
     """
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # stream files as stored, no decoding
-    with _store_responses_decoded_here(assoc):
+    with _store_responses_decoded_here(assoc), responses_read_here(assoc):
         for n, item in enumerate(items):
             if cancelled is not None and cancelled():
                 report.cancelled = True
@@ -202,21 +205,23 @@ def _store_one(
             else:
                 ds = pydicom.dcmread(item.path)
             report.transcoded += 1
-            response = assoc.send_c_store(ds, msg_id=msg_id, **move_kw)
+            stop_reading_here(assoc)  # pynetdicom's path: its DUL thread reads the response
+            status = assoc.send_c_store(ds, msg_id=msg_id, **move_kw)
+            response = StoreStatus.of(status) if "Status" in status else StoreStatus(None)
     except (RenderError, DolmenError) as exc:
         report.failed += 1
         return None, f"Cannot send this instance: {exc.message}"
     except (OSError, ValueError, AttributeError, NotImplementedError, RuntimeError) as exc:
         report.failed += 1
         return None, f"Cannot send this instance: {type(exc).__name__}: {exc}"
-    if response is None or "Status" not in response:
+    if response.Status is None:
         report.failed += 1
         return None, (
             f"No answer from {node.name} within {settings['dicom.dimse_timeout']:g} s "
             "or the association was aborted"
         )
-    code = int(response.Status)
-    comment = str(response.get("ErrorComment", "") or "")
+    code = response.Status
+    comment = response.ErrorComment
     if code == SUCCESS or code in STORE_WARNINGS:
         report.sent += 1
         report.bytes_sent += item.size

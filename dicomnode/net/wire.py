@@ -19,11 +19,14 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
+
+from dicomnode.net import latency
+from dicomnode.net.hardening import _read_exact
+from dicomnode.net.hardening import _Timeout
 
 LOGGER = logging.getLogger(__name__)
 
@@ -240,12 +243,94 @@ def _store_responses_decoded_here(assoc: Association) -> Iterator[None]:
             del dimse.receive_primitive
 
 
+class StoreStatus:
+    """A C-STORE response's status, as much of it as a sender looks at: ``Status`` (None when
+    no valid response came) and ``ErrorComment``."""
+
+    __slots__ = ("ErrorComment", "Status")
+
+    def __init__(self, status: int | None, comment: str = "") -> None:
+        self.Status = status
+        self.ErrorComment = comment
+
+    @classmethod
+    def of(cls, rsp: Any) -> StoreStatus:
+        comment = getattr(rsp, "ErrorComment", None)
+        return cls(int(rsp.Status), str(comment or ""))
+
+
+_MAX_RSP_PDU = 4096  # a C-STORE-RSP is ~200 bytes; anything longer is left to pynetdicom
+
+
+def _read_response_here(assoc: Association, deadline: float) -> tuple[C_STORE | None, bytes, bool]:
+    """Read the next PDU from ``assoc``'s socket in this thread (its DUL thread parked).
+
+    Returns ``(response, unread, timed_out)``: the C-STORE-RSP when the PDU is one whole
+    command fragment that :func:`parse_store_response` takes, else ``None`` and the bytes read
+    (to give back to the DUL thread, which then handles the PDU as usual: an abort, a release,
+    a C-CANCEL, a fragmented or unusual response, junk).
+    """
+    raw = _socket_of(assoc)
+    try:
+        head = _read_exact(raw, 6, deadline)
+        if head is None:
+            return None, b"", False  # closed: the DUL thread sees it too
+        pdu_type, _, length = _PDU_HEAD.unpack(head)
+        if pdu_type != 0x04 or length > _MAX_RSP_PDU:
+            return None, head, False
+        body = _read_exact(raw, length, deadline)
+    except _Timeout:
+        return None, b"", True
+    except OSError:
+        return None, b"", False
+    if body is None:
+        return None, head, False
+    if length >= 6:
+        item_length, _context_id, control = _PDV_ITEM.unpack_from(body, 0)
+        if item_length == length - 4 and control & 3 == 3:  # one PDV: a whole command set
+            rsp = parse_store_response(body[6:])
+            if rsp is not None:
+                return rsp, b"", False
+    return None, head + body, False
+
+
+_PDU_HEAD = struct.Struct(">BBI")
+_PDV_ITEM = struct.Struct(">IBB")
+
+
+@contextlib.contextmanager
+def responses_read_here(assoc: Association) -> Iterator[bool]:
+    """Park ``assoc``'s DUL thread (:func:`dicomnode.net.latency.park`) so that
+    :func:`send_c_store_direct` reads each C-STORE-RSP itself; yields whether it could. The
+    same conditions as :func:`send_c_store_direct` apply (nothing else waits for a message on
+    this association meanwhile). A response read here skips pynetdicom's PDU and DIMSE
+    events: nothing in Dolmen binds to P-DATA ones.
+    """
+    provider = assoc.dul
+    parked = latency.park(provider)
+    assoc._dolmen_parked = parked  # type: ignore[attr-defined]
+    try:
+        yield parked
+    finally:
+        stop_reading_here(assoc)
+
+
+def stop_reading_here(assoc: Association) -> None:
+    """Give ``assoc``'s socket back to its DUL thread (before a C-STORE by pynetdicom's own
+    path, which waits for the DUL thread to read the response)."""
+    assoc._dolmen_parked = False  # type: ignore[attr-defined]
+    if getattr(assoc.dul, "_parked", False):
+        latency.unpark(assoc.dul)
+
+
 def send_c_store_direct(assoc: Association, cx: PresentationContext, item: SendItem, msg_id: int,
-                        originator: tuple[str, int] | None = None) -> Dataset | None:
+                        originator: tuple[str, int] | None = None) -> StoreStatus:
     """C-STORE ``item``'s file, stored in ``cx``'s transfer syntax, writing the PDUs ourselves.
 
-    Returns the response status dataset (as ``Association.send_c_store``), an empty one when
-    none came within the DIMSE timeout (the association is then aborted).
+    Returns the response's status; ``Status`` None when none came within the DIMSE timeout
+    (the association is then aborted). Inside :func:`responses_read_here` the response is
+    read by this thread; anything else on the socket goes back to the DUL thread, and this
+    one then waits for the response through pynetdicom's DIMSE queue as usual.
     """
     context_id = int(cx.context_id or 0)
     max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
@@ -254,11 +339,27 @@ def send_c_store_direct(assoc: Association, cx: PresentationContext, item: SendI
     head = _pdv(context_id, 0x03, command) + command  # the command set, last fragment
     with open(item.path, "rb", buffering=0) as f:
         _send_file_pdus(_socket_of(assoc), f, item.path, head, context_id, chunk)
-    _cx_id, rsp = assoc.dimse.get_msg(block=True)
+    block = True
+    if getattr(assoc, "_dolmen_parked", False):
+        timeout = assoc.dimse_timeout
+        deadline = time.monotonic() + (timeout if timeout else 1e9)
+        rsp, unread, timed_out = _read_response_here(assoc, deadline)
+        if rsp is not None:
+            assoc.dul._idle_timer.restart()
+            return StoreStatus.of(rsp)
+        # Not ours to handle: the DUL thread takes over the socket, for good on this association.
+        assoc._dolmen_parked = False  # type: ignore[attr-defined]
+        latency.unpark(assoc.dul, unread)
+        block = not timed_out
+    _cx_id, rsp = assoc.dimse.get_msg(block=block)
     if rsp is None:
         assoc._handle_no_response()
-        return Dataset()
-    return assoc._check_received_status(rsp)
+        return StoreStatus(None)
+    if not rsp.is_valid_response:
+        LOGGER.error("Received an invalid C-STORE response from the peer")
+        assoc.abort()
+        return StoreStatus(None)
+    return StoreStatus.of(rsp)
 
 
 C_FIND_RSP = 0x8020
