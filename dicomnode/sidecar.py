@@ -87,6 +87,7 @@ class Sidecar:
         jobs.reception_busy = service.Reception.active  # send jobs give way while objects arrive
         self.control = ControlServer(self.settings.control_socket)
         self.control.register("status", self.op_status)
+        self.control.register("peers_changed", self.op_peers_changed)
         self.control.register("echo", self.op_echo)
         self.control.register("find", self.op_find)
         self.control.register("move", self.op_move)
@@ -141,6 +142,12 @@ class Sidecar:
                 index.close_index()
             if self.stopped.wait(PRUNE_EVERY):
                 return
+
+    def op_peers_changed(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control op ``peers_changed``: the web process saved or deleted a modality; access
+        decisions read the modality table again from the next association on."""
+        peers.forget_nodes()
+        return {}
 
     def op_status(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control op ``status``: AE title, port, uptime, associations and counters."""

@@ -441,3 +441,44 @@ def test_echo_and_move_refusals_from_dcmtk_against_a_real_server(strict_server: 
     assert "unknown AE titles may not check the connection (C-ECHO)" in row.select_one(".assoc-why").text
     assert parse_qs(urlparse(row.select_one("a.add-modality")["href"]).query) == {
         "aet": ["STRANGER"], "host": ["127.0.0.1"]}
+
+
+def _find_status(server: DolmenProcess, calling: str) -> int:
+    """The final status of a Study Root C-FIND by ``calling`` (pynetdicom as the requester)."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+
+    model = "1.2.840.10008.5.1.4.1.2.2.1"
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(model)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
+    assert assoc.is_established
+    try:
+        statuses = [int(status.Status) for status, _ in assoc.send_c_find(query, model) if "Status" in status]
+    finally:
+        assoc.release()
+    return statuses[-1]
+
+
+def test_a_modality_saved_or_deleted_in_the_web_process_takes_effect_at_the_next_association(
+    dolmen_factory: Any,
+) -> None:
+    """The sidecar keeps the node list it decides access with for a couple of seconds; the web
+    process tells it when a modality is saved or deleted, so the change holds at once."""
+    import requests
+
+    server = dolmen_factory(dicom={"unknown_aet": ["echo"]})
+    assert _find_status(server, "NEWNODE") == 0x0124  # unknown: may not find (and the list is kept)
+    answer = requests.put(f"{server.url}/modalities/newnode", timeout=30,
+                          json={"AET": "NEWNODE", "Host": "127.0.0.1", "Port": 11112})
+    assert answer.status_code == 200, answer.text
+    assert _find_status(server, "NEWNODE") == 0x0000
+    answer = requests.put(f"{server.url}/modalities/newnode", timeout=30,
+                          json={"AET": "NEWNODE", "Host": "127.0.0.1", "Port": 11112, "AllowFind": False})
+    assert answer.status_code == 200, answer.text
+    assert _find_status(server, "NEWNODE") == 0x0124
+    assert requests.delete(f"{server.url}/modalities/newnode", timeout=30).status_code == 200
+    assert _find_status(server, "NEWNODE") == 0x0124

@@ -1,4 +1,4 @@
-"""The index's connections: one per thread, none left open by threads that ended."""
+"""The index's connections: one per thread, none left open by threads that ended, a few kept for the next thread."""
 from __future__ import annotations
 
 import os
@@ -83,6 +83,80 @@ def test_a_live_thread_keeps_its_connection(tmp_path: Path) -> None:
         thread.join(10)
         index.close_index()
     assert counts == [0]
+
+
+def _in_a_thread(work: object) -> list[object]:
+    out: list[object] = []
+
+    def run() -> None:
+        out.append(work())  # type: ignore[operator]
+        index.close_index()  # as an association thread does at its end
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return out
+
+
+def test_a_closed_connection_serves_the_next_thread_and_few_are_kept(tmp_path: Path) -> None:
+    """An association's thread connects once and closes at its end: the next one takes the
+    same connection instead of opening one (0.4 ms on SQLite, ~18 ms on PostgreSQL)."""
+    path = tmp_path / "index.db"
+    index.open_index(f"sqlite:///{path}")
+    try:
+        index.close_index()
+        first = _in_a_thread(lambda: (index.Patient.select().count(), index.db.connection())[1])
+        second = _in_a_thread(lambda: (index.Patient.select().count(), index.db.connection())[1])
+        assert first[0] is second[0] and _is_open(first[0])
+        # Many threads at once: what is kept after they all closed is bounded.
+        started, finish = threading.Barrier(9), threading.Event()
+        held: list[object] = []
+
+        def hold() -> None:
+            index.Patient.select().count()
+            held.append(index.db.connection())
+            started.wait(10)
+            finish.wait(10)
+            index.close_index()
+
+        threads = [threading.Thread(target=hold) for _ in range(8)]
+        for t in threads:
+            t.start()
+        started.wait(10)
+        finish.set()
+        for t in threads:
+            t.join(10)
+        assert len({id(c) for c in held}) == 8
+        assert sum(_is_open(c) for c in held) == index._ReapsDeadThreads.IDLE_CONNECTIONS
+    finally:
+        index.db.obj.close_idle()
+
+
+def test_a_kept_connection_to_a_replaced_database_file_is_not_reused(tmp_path: Path) -> None:
+    """A kept connection still reads the file it opened: when another file took its path
+    (restored from a backup, say), the next thread opens the new one."""
+    path = tmp_path / "index.db"
+    index.open_index(f"sqlite:///{path}")
+    try:
+        index.AssociationEvent.create(calling_aet="KEPT", called_aet="DOLMEN", peer_ip="127.0.0.1",
+                                      operation="echo", accepted=True)
+        index.close_index()
+        assert _in_a_thread(lambda: index.AssociationEvent.select().count()) == [1]
+        # Another database at the same path (renamed over it, as a restore does): a copy
+        # without the row.
+        other = tmp_path / "other.db"
+        source, copy = sqlite3.connect(path), sqlite3.connect(other)
+        source.backup(copy)
+        copy.execute("DELETE FROM association_event")
+        copy.commit()
+        source.close()
+        copy.close()
+        for suffix in ("-wal", "-shm"):  # the old file's journal goes with it
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        os.rename(other, path)
+        assert _in_a_thread(lambda: index.AssociationEvent.select().count()) == [0]
+    finally:
+        index.db.obj.close_idle()
 
 
 def test_a_person_name_wildcard_reads_the_index_and_matches_exactly(index_url: str) -> None:

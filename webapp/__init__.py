@@ -90,6 +90,12 @@ def create_app(settings: config.Settings | None = None, *, supervisor: Any = Non
                           max_bytes=settings["dicom.max_object_mb"] * 1024 * 1024),
         control=ControlClient(settings.control_socket, describe), supervisor=supervisor)
 
+    from dicomnode import peers
+    from webapp.services import announce_peer_change
+
+    if announce_peer_change not in peers.CHANGE_LISTENERS:
+        peers.CHANGE_LISTENERS.append(announce_peer_change)
+
     from webapp import csrf
     from webapp import db
     from webapp import errors

@@ -94,3 +94,21 @@ def services() -> Services:
 def settings() -> Settings:
     """This app's frozen settings."""
     return current_app.config["DOLMEN"]  # type: ignore[no-any-return]
+
+
+def announce_peer_change(kind: str) -> None:
+    """Tell this node's sidecar that a modality was saved or deleted (it keeps the node list
+    its access decisions use for a couple of seconds: :data:`dicomnode.peers.NODE_CACHE_SECONDS`)."""
+    from flask import has_app_context
+
+    from dicomnode.errors import DolmenError
+
+    if kind != "modality" or not has_app_context():
+        return
+    services = current_app.extensions.get("dolmen")
+    if services is None:
+        return
+    try:
+        services.control.call("peers_changed", timeout=2.0)
+    except DolmenError:
+        pass  # the sidecar is down: it reads the table afresh when it starts

@@ -57,6 +57,7 @@ from pynetdicom import association
 from pynetdicom import dimse
 from pynetdicom import dimse_messages
 from pynetdicom import dul
+from pynetdicom import evt
 from pynetdicom import fsm
 from pynetdicom import transport
 from pynetdicom.pdu import A_ASSOCIATE_RQ
@@ -343,7 +344,12 @@ def _read_pdu_data(self: Any) -> None:
                 reject(self, *problem_reason)
                 return
             assoc._dolmen_requested = True  # counts against [dicom] max_associations from now on
-        pdu, event = self._decode_pdu(bytearray(data))
+            # What pynetdicom's _decode_pdu does, without decoding the request a second time.
+            evt.trigger(assoc, evt.EVT_DATA_RECV, {"data": data})
+            evt.trigger(assoc, evt.EVT_PDU_RECV, {"pdu": request})
+            pdu, event = request, "Evt6"
+        else:
+            pdu, event = self._decode_pdu(bytearray(data))
     except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the PDU is malformed
         detail = printable(f"{type(exc).__name__}: {exc}".rstrip(": "), 200)
         refuse(self, f"malformed {name} PDU ({detail})", REASON_INVALID_PARAMETER)

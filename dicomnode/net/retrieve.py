@@ -210,7 +210,7 @@ def serve_retrieve(service: QueryRetrieveServiceClass, ctx: Context, req: Any, c
     destination: peers.Node | None = None
     if op == "move":
         wanted = str(req.MoveDestination or "").strip()
-        found = peers.nodes_with_aet(settings, wanted)
+        found = peers.nodes_with_aet(settings, wanted, cached=True)
         if not found:
             refuse(MOVE_DESTINATION_UNKNOWN,
                    f"unknown move destination {wanted!r} asked by {calling!r} at {ip}: declare it as a "
